@@ -1,0 +1,66 @@
+"""`ddrnet` command line: builds the subcommand table and dispatches.
+
+Each subcommand lives in the package that owns the work, in a light module exposing
+``add_arguments(parser)`` and ``run(args) -> int``. Heavy imports (MindSpore, onnxruntime,
+grpc) happen inside ``run`` so that ``ddrnet --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from cli.errors import CliError
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("training.cli_train", "train a DDRNet classifier from a YAML config (msrun-aware)"),
+    "eval": ("training.cli_eval", "top-1/top-5/loss of a checkpoint on a val folder, or through a server"),
+    "export": ("training.cli_export", "export a checkpoint into a versioned model repository"),
+    "convert": ("model.cli_convert", "convert the authors' PyTorch .pth weights into a MindSpore checkpoint"),
+    "data": ("training.cli_data", "write demo data sets as ImageNet-style folders"),
+    "serve": ("server.cli", "serve a model repository over HTTP and gRPC"),
+    "classify": ("clients.cli_classify", "classify image files through a running server"),
+    "bench": ("clients.cli_bench", "load-test a running server and compare with the raw runtime"),
+    "quickstart": ("cli.quickstart", "build the digits demo model when missing, then serve it"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ddrnet",
+        description="Train DDRNet image classifiers with MindSpore and serve them over HTTP and gRPC.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        return int(args._module.run(args) or 0)
+    except CliError as exc:
+        print(f"ddrnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ddrnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
