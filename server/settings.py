@@ -1,0 +1,163 @@
+"""Server settings: one pydantic-settings class, the only place that reads ``DDRNET_*`` variables.
+
+Precedence, highest first: command-line options, environment (``DDRNET_<FIELD>``), a YAML file
+(``--config``), defaults. Defaults that depend on the machine (instances, threads, preprocessing
+workers) are derived from the cores this process may use; see :func:`derive_defaults` for why.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+RuntimeName = Literal["auto", "lite", "onnxruntime", "mindspore"]
+DeviceName = Literal["cpu", "gpu", "ascend"]
+
+
+def available_cores() -> int:
+    """Cores this process may run on (cgroup/affinity aware), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class ServerSettings(BaseSettings):
+    """Everything `ddrnet serve` can be told. Field docs are the option help texts."""
+
+    model_config = SettingsConfigDict(env_prefix="DDRNET_", extra="forbid", validate_default=True)
+
+    model_repository: Path = Field(description="model repository root (<repo>/<model>/<version>/model.json)")
+    models: list[str] = Field(default_factory=list, description="serve only these model names (default: all)")
+    http_host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 in containers)")
+    http_port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 = pick a free port)")
+    grpc_host: str = Field("127.0.0.1", description="gRPC bind address")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port (0 = pick a free port; -1 disables)")
+
+    runtime: RuntimeName = Field("auto", description="auto | lite | onnxruntime | mindspore")
+    runtime_python: Path | None = Field(
+        None, description="Python interpreter for the worker processes (e.g. a Python 3.7 venv with Lite)"
+    )
+    device: DeviceName = Field("cpu", description="device for the runtime: cpu | gpu | ascend")
+    device_id: int = Field(0, ge=0, description="device index on gpu/ascend")
+    instances: int | None = Field(None, ge=1, le=64, description="worker processes per model")
+    threads_per_instance: int | None = Field(None, ge=1, le=256, description="runtime threads per instance")
+    preprocess_workers: int | None = Field(None, ge=1, le=256, description="decode + transform threads")
+
+    max_batch_size: int = Field(8, ge=1, le=1024, description="largest batch sent to an instance")
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list, description="static batch sizes (padding) for runtimes that need fixed shapes"
+    )
+    max_queue_delay_ms: float = Field(
+        0.0, ge=0, le=10_000, description="wait up to this long for a fuller batch (0 = dispatch when free)"
+    )
+    max_queue_size: int = Field(256, ge=1, le=1_000_000, description="queued images per model before 503")
+    request_timeout_ms: float = Field(
+        30_000, gt=0, le=3_600_000, description="default deadline; a shorter client deadline wins"
+    )
+
+    max_request_bytes: int = Field(32 * 2**20, ge=1024, description="largest HTTP body / gRPC message")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (width x height)")
+    max_images_per_request: int = Field(64, ge=1, le=4096, description="images in one classify request")
+
+    poll_interval_s: float = Field(5.0, ge=0, description="repository poll period (0 = never reload)")
+    shutdown_timeout_s: float = Field(30.0, ge=0, description="SIGTERM drain bound")
+
+    auth_token: str | None = Field(None, description="bearer token required on inference endpoints")
+    tls_cert: Path | None = Field(None, description="PEM certificate: enables HTTPS and gRPC TLS")
+    tls_key: Path | None = Field(None, description="PEM private key for --tls-cert")
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_json: bool = Field(False, description="JSON log lines (for log shippers)")
+
+    @field_validator("model_repository")
+    @classmethod
+    def _repository_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"model repository {value} is not a directory")
+        return value
+
+    @field_validator("runtime_python")
+    @classmethod
+    def _interpreter_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value.is_file() and os.access(value, os.X_OK)):
+            raise ValueError(f"runtime python {value} is not an executable file")
+        return value
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _sorted_sizes(cls, value: list[int]) -> list[int]:
+        if any(size < 1 for size in value):
+            raise ValueError("batch sizes must be positive")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServerSettings:
+        if self.preferred_batch_sizes and self.preferred_batch_sizes[-1] > self.max_batch_size:
+            raise ValueError(
+                f"preferred batch size {self.preferred_batch_sizes[-1]} exceeds max_batch_size "
+                f"{self.max_batch_size}"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        return derive_defaults(self)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("yaml_file"):  # set by load_settings(config_file=...)
+            sources.append(YamlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+
+def derive_defaults(settings: ServerSettings) -> ServerSettings:
+    """Fill machine-dependent defaults.
+
+    On a CPU box the runtimes scale poorly past a few threads for one batch, while preprocessing
+    (Pillow decode + bicubic resize) runs concurrently with inference. One instance using every core,
+    and as many preprocessing threads as cores, keeps inference busy while the next batch is being
+    decoded; BENCHMARKS.md holds the measurements behind this choice. Accelerators get one instance.
+    """
+    cores = available_cores()
+    if settings.instances is None:
+        settings.instances = 1
+    if settings.threads_per_instance is None:
+        settings.threads_per_instance = max(1, cores // settings.instances)
+    if settings.preprocess_workers is None:
+        settings.preprocess_workers = cores
+    return settings
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> ServerSettings:
+    """Build settings from an optional YAML file, the environment and explicit overrides.
+
+    ``overrides`` with value None count as "not given", so argparse defaults never mask the
+    environment or the file.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    settings_cls = ServerSettings
+    if config_file is not None:
+        if not Path(config_file).is_file():
+            raise ValueError(f"settings file {config_file} does not exist")
+        config = SettingsConfigDict(**{**ServerSettings.model_config, "yaml_file": str(config_file)})
+        settings_cls = type("FileServerSettings", (ServerSettings,), {"model_config": config})
+    return settings_cls(**given)
