@@ -589,6 +589,17 @@ def create_staging_dir(repo: PathLike, name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=str(mdir)))
 
 
+def _make_readable(directory: Path) -> None:
+    """Directories 0755, files 0644: mkdtemp creates 0700 and exporters (ms.export, the Lite
+    converter) write 0400 files, while server workers may run as another user."""
+    for root, dirs, files in os.walk(directory):
+        os.chmod(root, 0o755)
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+
+
 def remove_stale_staging(repo: PathLike, name: str, max_age_s: float = 24 * 3600.0) -> list[Path]:
     """Delete staging directories older than ``max_age_s`` (left by crashed exporters)."""
     removed: list[Path] = []
@@ -683,6 +694,7 @@ def publish_version(
         if manifest.version != chosen:
             manifest.version = chosen
             write_manifest(staging, manifest)
+        _make_readable(staging)
         _fsync_tree(staging)
         try:
             os.rename(str(staging), str(target))

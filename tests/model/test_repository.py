@@ -208,8 +208,12 @@ def test_publish_is_atomic_and_refuses_existing_version(tmp_path):
     staging = _stage(tmp_path, version=1)
     assert staging.parent == tmp_path / "demo" and staging.name.startswith(".staging-")
     assert repo_mod.list_versions(tmp_path, "demo") == []  # staged, not visible
+    (staging / "model.onnx").chmod(0o400)  # as ms.export and the Lite converter write them
     assert repo_mod.publish_version(staging, tmp_path, "demo", 1) == 1
     assert not staging.exists()
+    published = tmp_path / "demo" / "1"
+    assert published.stat().st_mode & 0o777 == 0o755  # mkdtemp made it 0700
+    assert (published / "model.onnx").stat().st_mode & 0o777 == 0o644
     assert repo_mod.newest_complete_version(tmp_path, "demo") == 1
 
     again = _stage(tmp_path, version=1)
