@@ -1,0 +1,416 @@
+"""The one eval transform: image bytes or a PIL image → normalised float32 CHW, shared by eval and serving.
+
+Imports Pillow and numpy only (no MindSpore), so the server, its worker processes and clients can use
+it cheaply. The steps and their numerics are those of the MindSpore model zoo's DDRNet eval (and of a
+``mindspore.dataset.vision`` PIL pipeline ``Decode(to_pil=True) → Resize((256, 256), BICUBIC) →
+CenterCrop(224) → ToTensor() → Normalize(mean, std, is_hwc=False)``, equal to it bit for bit):
+
+1. **decode** (:func:`decode_image`): only the formats in :data:`DEFAULT_FORMATS`; the declared size is
+   checked against ``max_pixels`` *before* any pixel data is decoded (decompression bombs); the first
+   frame of an animated image; EXIF orientation is ignored unless ``apply_exif_orientation`` (the zoo
+   ignored it, and so do the published accuracies).
+2. **to RGB** as the zoo did (``convert("RGB")``: alpha dropped, not composited; palette expanded;
+   CMYK/YCbCr/LAB/HSV converted by Pillow). Greyscale (``1``, ``L``, ``LA``) stays one band through
+   the resize and is replicated into the three channels at the end: identical numbers to converting
+   first (Pillow resamples each band independently), a third of the resize work. Modes the zoo would
+   have clipped to white are mapped to 8 bits sensibly instead (the one deliberate deviation):
+
+   =================  ====================================================================
+   ``I;16*``          16-bit unsigned → ``round(v / 257)`` (0…65535 → 0…255)
+   ``I`` (int32)      max ≤ 255 → the values (clipped at 0); otherwise clipped to 0…65535 and
+                      scaled as 16-bit (PNG/TIFF 16-bit data often arrives as ``I``)
+   ``F`` (float32)    non-finite → 0; max ≤ 1.0 → ``v * 255``; otherwise clipped to 0…255; rounded
+   =================  ====================================================================
+3. **resize**: ``squash`` (zoo) to the square ``(int(image_size / crop_pct),) * 2``, aspect ratio not
+   kept; ``shorter_side`` (timm/torchvision) shorter side to ``int(image_size / crop_pct)``, longer side
+   ``int(size * long / short)``. Pillow resampling with the configured filter.
+4. **center crop** ``image_size``: offsets ``int(round((side - image_size) / 2))`` as MindSpore and
+   torchvision compute them.
+5. **normalise** in float32 exactly as ``ToTensor`` + ``Normalize`` do: ``((x / 255) - mean) / std``,
+   written straight into the caller's array (:meth:`EvalTransform.transform_into`).
+
+Cost (``benchmarks/bench_preprocess.py``): Pillow's decode and resize are nearly all of it. Not used
+because they change the numbers: ``Image.draft`` (JPEG DCT down-scaling), ``reducing_gap``, and
+resizing only the crop region with ``resize(box=...)`` (differs by ±1 grey level at some sizes).
+Normalising with a precomputed ``x * (1 / (255 * std)) - mean / std`` would be no faster than the
+three in-place float32 passes used here and differs by up to 5e-7.
+
+Errors: :class:`ImageDecodeError` and :class:`ImageTooLargeError`, both :class:`ImageError`
+(a ``ValueError``) with a machine-readable ``reason`` (see :data:`ERROR_REASONS`) and a message that
+names the problem. Suggested mapping for the front ends: ``too_many_pixels`` → 413,
+``unsupported_format``/``unsupported_mode`` → 415, the rest → 400.
+
+Thread safety: an :class:`EvalTransform` holds only constants; Pillow releases the GIL while
+decoding and resampling, so threads preprocess in parallel.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+__all__ = [
+    "DEFAULT_FORMATS",
+    "DEFAULT_MAX_PIXELS",
+    "ERROR_REASONS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INTERPOLATIONS",
+    "RESIZE_MODES",
+    "EvalTransform",
+    "ImageDecodeError",
+    "ImageError",
+    "ImageTooLargeError",
+    "PreprocessConfig",
+    "decode_image",
+    "to_rgb",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Pillow resampling filters by name (``Image.BICUBIC`` etc. exist in every Pillow since 2.x).
+INTERPOLATIONS = {
+    "nearest": Image.NEAREST,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "box": Image.BOX,
+    "hamming": Image.HAMMING,
+    "lanczos": Image.LANCZOS,
+}
+RESIZE_MODES = ("squash", "shorter_side")
+
+#: Formats :func:`decode_image` accepts (Pillow format names, most common first: Pillow tries them
+#: in this order). Deliberately excludes formats whose plugins run external programs (EPS →
+#: Ghostscript) or that no camera or browser produces.
+DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "PPM")
+
+#: Largest accepted image, in pixels of the declared size (40 MP, e.g. 8000 × 5000). Pillow's own
+#: bomb limit (``Image.MAX_IMAGE_PIXELS`` × 2, about 179 MP) still applies above it.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+#: ``reason`` values of the errors below.
+ERROR_REASONS = {
+    "empty": "no bytes at all",
+    "undecodable": "not an image in any accepted format, or corrupt",
+    "truncated": "the image data ends early",
+    "unsupported_format": "a format Pillow knows but this service does not accept",
+    "unsupported_mode": "a pixel mode that cannot be converted to RGB",
+    "too_many_pixels": "declared size (or the resize it needs) over the pixel limit",
+}
+
+# typing.Union, not "|": this module stays importable on Python 3.7 (the MindSpore Lite worker).
+ImageInput = Union[bytes, bytearray, memoryview, Image.Image]  # noqa: UP007
+
+
+class ImageError(ValueError):
+    """A request image that cannot be preprocessed. ``reason`` is one of :data:`ERROR_REASONS`."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ImageDecodeError(ImageError):
+    """Empty, corrupt, truncated or unsupported image data (HTTP 400 / 415)."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image is over the pixel limit (HTTP 413). Raised before its pixels are decoded."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a model's input is made from an image; recorded in ``model.json`` (``to_dict``).
+
+    Defaults are the MindSpore model zoo's DDRNet eval: 224, crop_pct 0.875 → squash to 256×256,
+    bicubic, ImageNet mean/std. ``ValueError`` names the offending field.
+    """
+
+    image_size: int = 224
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    resize_mode: str = "squash"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    apply_exif_orientation: bool = False
+
+    def __post_init__(self) -> None:
+        size = self.image_size
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= 4096:
+            raise ValueError(f"preprocess.image_size must be an integer in [1, 4096], got {size!r}")
+        object.__setattr__(self, "image_size", int(size))
+        crop = self.crop_pct
+        if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1:
+            raise ValueError(f"preprocess.crop_pct must be a number in (0, 1], got {crop!r}")
+        object.__setattr__(self, "crop_pct", float(crop))
+        if self.interpolation not in INTERPOLATIONS:
+            names = sorted(INTERPOLATIONS)
+            raise ValueError(f"preprocess.interpolation must be one of {names}, got {self.interpolation!r}")
+        if self.resize_mode not in RESIZE_MODES:
+            modes = RESIZE_MODES
+            raise ValueError(f"preprocess.resize_mode must be one of {modes}, got {self.resize_mode!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            try:
+                triple = tuple(float(v) for v in value if not isinstance(v, (bool, str)))
+            except TypeError:
+                triple = ()
+            if len(triple) != 3 or len(triple) != len(value) or not all(math.isfinite(v) for v in triple):
+                raise ValueError(f"preprocess.{name} must be 3 finite numbers, got {value!r}")
+            object.__setattr__(self, name, triple)
+        if any(v <= 0 for v in self.std):
+            raise ValueError(f"preprocess.std must be positive, got {self.std!r}")
+        if not isinstance(self.apply_exif_orientation, bool):
+            value = self.apply_exif_orientation
+            raise ValueError(f"preprocess.apply_exif_orientation must be true or false, got {value!r}")
+
+    @property
+    def resize_size(self) -> int:
+        """The square side (squash) or shorter side (shorter_side) before cropping: int(size / crop_pct)."""
+        return int(self.image_size / self.crop_pct)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (mean/std as lists) for ``model.json``; ``from_dict`` reads it back."""
+        out = asdict(self)
+        out["mean"] = list(self.mean)
+        out["std"] = list(self.std)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
+        """Build from a dict; an unknown key is an error naming it, a missing key takes its default."""
+        if not isinstance(data, dict):
+            raise ValueError(f"preprocess must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"preprocess has unknown keys {unknown} (known: {sorted(known)})")
+        return cls(**data)
+
+
+@functools.lru_cache(maxsize=16)
+def _accepted_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    # Image.open raises KeyError for a format name no plugin registered (e.g. WEBP without libwebp).
+    Image.init()
+    return tuple(f for f in formats if f.upper() in Image.OPEN)
+
+
+def _identify_any(data: bytes | bytearray | memoryview) -> str | None:
+    """Pillow's format name for bytes no accepted plugin took, if any plugin recognises them."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.format
+    except Exception:
+        return None
+
+
+def decode_image(
+    data: bytes | bytearray | memoryview,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+) -> Image.Image:
+    """Decode encoded bytes into a loaded PIL image (first frame, mode as decoded).
+
+    The declared width × height is checked against ``max_pixels`` before the pixel data is decoded.
+    Raises :class:`ImageDecodeError` or :class:`ImageTooLargeError`.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"image data must be bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise ImageDecodeError("empty image: 0 bytes", "empty")
+    try:
+        img = Image.open(io.BytesIO(data), formats=_accepted_formats(tuple(formats)))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image too large: {exc}", "too_many_pixels") from None
+    except Image.UnidentifiedImageError:
+        found = _identify_any(data)
+        if found is not None:
+            raise ImageDecodeError(
+                f"unsupported image format {found} (accepted: {', '.join(formats)})", "unsupported_format"
+            ) from None
+        raise ImageDecodeError(
+            f"cannot decode image: not a valid {'/'.join(formats)} file ({len(data)} bytes)", "undecodable"
+        ) from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow plugins raise many types on malformed headers
+        text = _describe(exc)
+        reason = "truncated" if "truncated" in text.lower() else "undecodable"
+        raise ImageDecodeError(f"cannot decode image header: {text}", reason) from None
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"image has no pixels: declared size {width}x{height}", "undecodable")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image too large: {width}x{height} = {width * height} pixels, limit {max_pixels}",
+            "too_many_pixels",
+        )
+    try:
+        img.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image too large: {exc}", "too_many_pixels") from None
+    except MemoryError:
+        raise
+    except Exception as exc:
+        text = _describe(exc)
+        if "truncated" in text.lower() or isinstance(exc, EOFError):
+            raise ImageDecodeError(f"truncated {img.format} image: {text}", "truncated") from None
+        raise ImageDecodeError(f"cannot decode {img.format} image data: {text}", "undecodable") from None
+    return img
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _to_rgb_or_gray(img: Image.Image) -> Image.Image:
+    """An image in mode ``RGB`` or ``L`` whose RGB expansion equals the zoo's ``convert("RGB")``."""
+    mode = img.mode
+    if mode in ("RGB", "L"):
+        return img
+    if mode in ("1", "LA"):
+        return img.convert("L")  # same numbers as convert("RGB") in one band
+    if mode.startswith("I;16"):
+        return Image.fromarray(_16_to_8(np.asarray(img)))
+    if mode == "I":
+        v = np.asarray(img)
+        if v.size and int(v.max()) <= 255:
+            return Image.fromarray(np.clip(v, 0, 255).astype(np.uint8))
+        return Image.fromarray(_16_to_8(v))
+    if mode == "F":
+        v = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        if v.size and float(v.max()) <= 1.0:
+            v = v * np.float32(255)
+        return Image.fromarray(np.rint(np.clip(v, 0, 255)).astype(np.uint8))
+    try:
+        return img.convert("RGB")
+    except ValueError:
+        pass
+    for via in ("RGBA", "LA"):  # e.g. premultiplied "La" converts only to "LA"
+        try:
+            return _to_rgb_or_gray(img.convert(via))
+        except ValueError:
+            continue
+    message = f"unsupported image mode {mode!r}: cannot convert to RGB"
+    raise ImageDecodeError(message, "unsupported_mode")
+
+
+def _16_to_8(v: np.ndarray) -> np.ndarray:
+    """0…65535 (clipped) → 0…255 as round(v / 257), in integers."""
+    v = np.clip(v, 0, 65535).astype(np.uint32)
+    return ((v + 128) // 257).astype(np.uint8)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The image in mode RGB following this module's mode rules (the zoo's ``convert("RGB")``)."""
+    out = _to_rgb_or_gray(img)
+    return out if out.mode == "RGB" else out.convert("RGB")
+
+
+class EvalTransform:
+    """Callable eval transform built from a :class:`PreprocessConfig`.
+
+    ``transform(image)`` → float32 ``(3, S, S)``; :meth:`transform_into` writes into a preallocated
+    array (shared memory); :meth:`batch` stacks several. ``image`` is encoded bytes (decoded with
+    :func:`decode_image` under ``max_pixels``/``formats``) or a PIL image of any mode.
+    """
+
+    def __init__(
+        self,
+        config: PreprocessConfig | None = None,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        formats: Sequence[str] = DEFAULT_FORMATS,
+    ) -> None:
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+        self.config = config if config is not None else PreprocessConfig()
+        self.max_pixels = max_pixels
+        self.formats = tuple(formats)
+        size = self.config.image_size
+        self.output_shape = (3, size, size)
+        self._resample = INTERPOLATIONS[self.config.interpolation]
+        self._mean = np.array(self.config.mean, dtype=np.float32).reshape(3, 1, 1)
+        self._std = np.array(self.config.std, dtype=np.float32).reshape(3, 1, 1)
+
+    def __repr__(self) -> str:
+        return f"EvalTransform({self.config!r}, max_pixels={self.max_pixels})"
+
+    def __call__(self, image: ImageInput) -> np.ndarray:
+        out = np.empty(self.output_shape, dtype=np.float32)
+        self.transform_into(image, out)
+        return out
+
+    def batch(self, images: Iterable[ImageInput]) -> np.ndarray:
+        """Transform several images into one float32 ``(N, 3, S, S)`` array.
+
+        An :class:`ImageError` is re-raised (same class and reason) with ``image <i>:`` prepended.
+        """
+        items = list(images)
+        out = np.empty((len(items), *self.output_shape), dtype=np.float32)
+        for i, image in enumerate(items):
+            try:
+                self.transform_into(image, out[i])
+            except ImageError as exc:
+                raise type(exc)(f"image {i}: {exc}", exc.reason) from None
+        return out
+
+    def transform_into(self, image: ImageInput, out: np.ndarray) -> None:
+        """Write the transformed ``image`` into ``out`` (float32, shape ``(3, S, S)``, writable)."""
+        if out.shape != self.output_shape or out.dtype != np.float32:
+            expected = self.output_shape
+            raise ValueError(f"out must be a float32 array of shape {expected}, got {out.dtype} {out.shape}")
+        pixels = self.resized_crop(image)
+        if pixels.ndim == 2:
+            np.copyto(out, pixels[None], casting="unsafe")  # grey: one band to three channels
+        else:
+            np.copyto(out, pixels.transpose(2, 0, 1), casting="unsafe")
+        # ToTensor() then Normalize(): same float32 operations in the same order, bit-identical.
+        np.divide(out, np.float32(255), out=out)
+        np.subtract(out, self._mean, out=out)
+        np.divide(out, self._std, out=out)
+
+    def resized_crop(self, image: ImageInput) -> np.ndarray:
+        """Steps 1–4: uint8 ``(S, S, 3)``, or ``(S, S)`` for a greyscale image (same value in R, G, B)."""
+        if isinstance(image, Image.Image):
+            img = image
+        elif isinstance(image, (bytes, bytearray, memoryview)):
+            img = decode_image(image, self.max_pixels, self.formats)
+        else:
+            raise TypeError(f"image must be bytes or a PIL image, got {type(image).__name__}")
+        if self.config.apply_exif_orientation:
+            img = ImageOps.exif_transpose(img)
+        img = _to_rgb_or_gray(img)
+        width, height = img.size
+        if width < 1 or height < 1:
+            raise ImageDecodeError(f"image has no pixels: size {width}x{height}", "undecodable")
+        new_w, new_h = self._resized_size(width, height)
+        if new_w * new_h > max(self.max_pixels, self.config.resize_size**2):
+            raise ImageTooLargeError(
+                f"image aspect ratio too extreme: {width}x{height} would resize to {new_w}x{new_h} "
+                f"= {new_w * new_h} pixels, limit {self.max_pixels}",
+                "too_many_pixels",
+            )
+        if (new_w, new_h) != (width, height):
+            img = img.resize((new_w, new_h), self._resample)
+        crop = self.config.image_size
+        top = round((new_h - crop) / 2.0)  # Python's round (half to even), as MindSpore and torchvision
+        left = round((new_w - crop) / 2.0)
+        return np.asarray(img)[top : top + crop, left : left + crop]
+
+    def _resized_size(self, width: int, height: int) -> tuple[int, int]:
+        size = self.config.resize_size
+        if self.config.resize_mode == "squash":
+            return size, size
+        if width <= height:  # torchvision/timm: shorter side to `size`, longer int(size * long / short)
+            return size, int(size * height / width)
+        return int(size * width / height), size
