@@ -1,0 +1,296 @@
+"""MindSpore Lite adapter (``mindspore_lite``): the product's primary serving runtime.
+
+Runs under Python 3.7 with only numpy and mindspore_lite (PyPI's mindspore-lite 2.0.0 is cp37-only),
+and equally under newer Lite releases (2.1 … 2.x, Python 3.9–3.11, from MindSpore's download site).
+Both share the API used here: ``Context().target = [device]``, ``context.cpu.thread_num`` /
+``inter_op_parallel_num``, ``context.gpu.device_id`` / ``context.ascend.device_id`` (Ascend310 and
+up), ``Model.build_from_file(path, ModelType.MINDIR, context)``, ``get_inputs``, ``resize``,
+``predict``, ``Tensor.set_data_from_numpy`` / ``get_data_to_numpy``. Lite 1.x (``CPUDeviceInfo``
+style contexts) is refused with a clear message.
+
+Which file is loaded, first that works:
+
+1. the version's Lite file (``files.lite``, ``model.ms``): a model produced by Lite's converter.
+   The cloud-inference packages (2.x) run the converter's MindIR output (``save_type MINDIR``); the
+   device-side flatbuffer format (``MINDIR_LITE``) is tried second.
+2. the version's ``model.mindir`` from MindSpore, when this Lite can read it. Lite 2.0 cannot
+   ("can only support the maximum mind ir version: 1", MindSpore 2.10 writes version 3), so 2.0.x
+   skips this step instead of logging a failed attempt; newer releases try it.
+3. ``model.onnx`` converted by ``mindspore_lite.Converter`` (FmkType.ONNX) at load time into a cache
+   directory outside the published version (``options["cache_dir"]``, default
+   ``~/.cache/ddrnet-serve/lite``), keyed by the ONNX file's SHA-256 and the Lite version, written
+   aside and renamed so concurrent workers never read a half-written file. The converted model keeps
+   the dynamic batch dimension; ``infer`` resizes the input for each new batch size.
+
+Each candidate is checked with one batch-1 prediction right after building: some combinations build
+fine and fail only at predict (e.g. a ``MINDIR_LITE`` file under the cloud package).
+
+``python -m server.runtimes.lite_rt convert MODEL.onnx OUTPUT`` converts from the command line (for
+an exporter running in the main environment, where mindspore_lite cannot be imported next to
+MindSpore).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from server.runtimes.base import (
+    ModelFileError,
+    Runtime,
+    RuntimeUnavailableError,
+    as_batch,
+    check_device,
+    input_hw,
+    manifest_file,
+    options_threads,
+)
+
+LOG = logging.getLogger(__name__)
+SOURCES = ("auto", "lite", "mindir", "onnx")
+_DEVICE_NODES = {"gpu": "/dev/nvidia%d", "ascend": "/dev/davinci%d"}
+
+
+def import_lite() -> Any:
+    try:
+        import mindspore_lite as mslite
+    except ImportError as exc:
+        raise RuntimeUnavailableError(
+            f"mindspore_lite is not importable in Python {sys.version.split()[0]} ({exc}); PyPI's "
+            "mindspore-lite 2.0.0 needs Python 3.7 (scripts/setup_lite_py37.sh)"
+        ) from None
+    if not hasattr(mslite.Context(), "target"):
+        raise RuntimeUnavailableError(
+            f"MindSpore Lite {mslite.__version__} is too old: this adapter needs the 2.x Context API"
+        )
+    return mslite
+
+
+def lite_version(mslite: Any) -> tuple[int, ...]:
+    parts = []
+    for piece in str(getattr(mslite, "__version__", "0")).split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def reads_mindspore_mindir(mslite: Any) -> bool:
+    """False for Lite releases known (measured here) to refuse MindSpore 2.x MindIR files."""
+    return lite_version(mslite)[:2] > (2, 0)
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ddrnet-serve", "lite")
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert_onnx(mslite: Any, onnx_path: str, output_path: str) -> str:
+    """Convert ``onnx_path`` with Lite's converter into a Lite-runnable MindIR at ``output_path``
+    (written aside, then renamed into place); returns ``output_path``."""
+    out_dir = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(out_dir, exist_ok=True)
+    # The converter appends ".mindir" to the name it is given.
+    tmp_base = os.path.join(out_dir, f".converting-{os.getpid()}-{os.path.basename(output_path)}")
+    converter = mslite.Converter()
+    converter.save_type = mslite.ModelType.MINDIR
+    try:
+        converter.convert(mslite.FmkType.ONNX, onnx_path, tmp_base)
+        os.replace(tmp_base + ".mindir", output_path)
+    except RuntimeError as exc:
+        raise ModelFileError(
+            f"MindSpore Lite {mslite.__version__} cannot convert {onnx_path}: {exc}"
+        ) from None
+    finally:
+        if os.path.exists(tmp_base + ".mindir"):
+            os.unlink(tmp_base + ".mindir")
+    return output_path
+
+
+def cached_conversion(mslite: Any, onnx_path: str, cache_dir: str, sha256: str | None = None) -> str:
+    """The converted model for ``onnx_path`` in ``cache_dir``, converting it on first use."""
+    key = sha256 or _sha256(onnx_path)
+    version = ".".join(str(p) for p in lite_version(mslite))
+    path = os.path.join(cache_dir, f"{key[:24]}-lite{version}.mindir")
+    if os.path.isfile(path):
+        LOG.info("using cached Lite conversion %s", path)
+        return path
+    LOG.info("converting %s with MindSpore Lite %s into %s", onnx_path, mslite.__version__, path)
+    return convert_onnx(mslite, onnx_path, path)
+
+
+class LiteRuntime(Runtime):
+    name = "lite"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._mslite: Any = None
+        self._model: Any = None
+        self._shape: list[int] | None = None
+        self.source = ""
+
+    # -- building ------------------------------------------------------------------------------------
+    def _context(self, inter_op: int | None) -> Any:
+        ctx = self._mslite.Context()
+        ctx.target = [self.device]
+        if self.threads is not None:
+            ctx.cpu.thread_num = self.threads
+        if inter_op is not None:
+            ctx.cpu.inter_op_parallel_num = min(inter_op, self.threads or inter_op)
+        if self.device == "gpu":
+            ctx.gpu.device_id = self.device_id
+        elif self.device == "ascend":
+            ctx.ascend.device_id = self.device_id
+        return ctx
+
+    def _try_build(self, path: str, model_type: Any, context: Any, sample_hw: tuple[int, int] | None) -> Any:
+        model = self._mslite.Model()
+        model.build_from_file(path, model_type, context)
+        inputs = model.get_inputs()
+        shape = list(inputs[0].shape)
+        if sample_hw is not None and len(shape) == 4:
+            shape[2], shape[3] = sample_hw
+        shape[0] = 1
+        if any(d < 1 for d in shape):
+            raise ModelFileError(f"{path}: cannot tell the input shape ({inputs[0].shape})")
+        model.resize(inputs, [shape])
+        inputs = model.get_inputs()
+        inputs[0].set_data_from_numpy(np.zeros(shape, np.float32))
+        model.predict(inputs)  # some file/package combinations build but cannot run: find out now
+        self._shape = shape
+        return model
+
+    def _candidates(self, version_dir: str, manifest: dict[str, Any], source: str) -> list[tuple[str, str]]:
+        """(label, path) pairs to try, converting ONNX lazily (label ``onnx``, path of the ONNX)."""
+        out = []
+        lite_file = manifest_file(version_dir, manifest, "lite", "model.ms")
+        mindir = manifest_file(version_dir, manifest, "mindir", "model.mindir")
+        onnx = manifest_file(version_dir, manifest, "onnx", "model.onnx")
+        if lite_file and source in ("auto", "lite"):
+            out.append(("lite", lite_file))
+        if mindir and (source == "mindir" or (source == "auto" and reads_mindspore_mindir(self._mslite))):
+            out.append(("mindir", mindir))
+        if onnx and source in ("auto", "onnx"):
+            out.append(("onnx", onnx))
+        return out
+
+    def load(
+        self,
+        version_dir: str,
+        manifest: dict[str, Any],
+        device: str = "cpu",
+        device_id: int = 0,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        options = dict(options or {})
+        self.device = check_device(device, device_id)
+        self.device_id = device_id
+        self.threads = options_threads(options)
+        inter_op = options_threads(options, "inter_op_threads")
+        source = options.get("lite_source", "auto")
+        if source not in SOURCES:
+            raise ValueError(f"option lite_source must be one of {SOURCES}, got {source!r}")
+        if self.device in _DEVICE_NODES:
+            node = _DEVICE_NODES[self.device] % device_id
+            if not os.path.exists(node):
+                raise RuntimeUnavailableError(
+                    f"device {self.device}:{device_id} is not there ({node} does not exist)"
+                )
+        self._mslite = mslite = import_lite()
+        context = self._context(inter_op)
+        sample_hw = input_hw(manifest)
+        candidates = self._candidates(version_dir, manifest, source)
+        if not candidates:
+            raise ModelFileError(
+                f"{version_dir} has no model MindSpore Lite {mslite.__version__} can use (source "
+                f"{source!r}): it needs model.ms, a MindIR this Lite reads, or model.onnx to convert"
+            )
+        errors = []
+        for label, path in candidates:
+            if label == "onnx":
+                cache_dir = options.get("cache_dir") or default_cache_dir()
+                onnx_name = os.path.basename(path)
+                checksum = (manifest.get("checksums") or {}).get(onnx_name) or {}
+                path = cached_conversion(mslite, path, cache_dir, checksum.get("sha256"))
+            types = [mslite.ModelType.MINDIR]
+            if label == "lite":
+                types.append(mslite.ModelType.MINDIR_LITE)
+            for model_type in types:
+                try:
+                    self._model = self._try_build(path, model_type, context, sample_hw)
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    errors.append(f"{os.path.basename(path)} as {model_type.name}: {exc}")
+                    continue
+                self.model_file = path
+                self.source = label
+                LOG.info("MindSpore Lite %s runs %s (%s)", mslite.__version__, path, model_type.name)
+                return
+        if self.device != "cpu":
+            raise RuntimeUnavailableError(
+                f"MindSpore Lite {mslite.__version__} cannot build the model for device "
+                f"{self.device}:{device_id} (a CPU-only Lite package, or no driver?): {'; '.join(errors)}"
+            )
+        raise ModelFileError(
+            f"MindSpore Lite {mslite.__version__} cannot run {version_dir}: {'; '.join(errors)}"
+        )
+
+    # -- inference -----------------------------------------------------------------------------------
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        batch = as_batch(batch)
+        shape = list(batch.shape)
+        if shape != self._shape:
+            self._model.resize(self._model.get_inputs(), [shape])
+            self._shape = shape
+        inputs = self._model.get_inputs()
+        inputs[0].set_data_from_numpy(batch)
+        outputs = self._model.predict(inputs)
+        return np.asarray(outputs[0].get_data_to_numpy(), dtype=np.float32)
+
+    def library_version(self) -> str:
+        return str(getattr(self._mslite, "__version__", ""))
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["source"] = self.source
+        return info
+
+    def close(self) -> None:
+        self._model = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server.runtimes.lite_rt")
+    sub = parser.add_subparsers(dest="command")
+    conv = sub.add_parser("convert", help="convert an ONNX model into a MindSpore Lite model file")
+    conv.add_argument("onnx", help="input .onnx file")
+    conv.add_argument("output", help="output file (e.g. model.ms in a staging directory)")
+    args = parser.parse_args(argv)
+    if args.command != "convert":
+        parser.print_help()
+        return 2
+    try:
+        mslite = import_lite()
+        if not os.path.isfile(args.onnx):
+            raise ModelFileError(f"{args.onnx} does not exist")
+        print(convert_onnx(mslite, args.onnx, args.output))
+    except (RuntimeUnavailableError, ModelFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

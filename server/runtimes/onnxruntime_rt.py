@@ -1,0 +1,108 @@
+"""ONNX Runtime adapter: runs a version's ``model.onnx`` (dynamic batch axis).
+
+Devices: ``cpu`` (CPUExecutionProvider), ``gpu`` (CUDAExecutionProvider, when the installed
+onnxruntime build has it), ``ascend`` (CANNExecutionProvider, likewise). A requested provider that
+is absent is a RuntimeUnavailableError naming it; onnxruntime would otherwise fall back to the CPU
+silently. Threads: ``threads`` sets intra-op threads, ``inter_op_threads`` inter-op threads (1 by
+default: the DDRNet graph is a chain, parallel operators gain nothing).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from server.runtimes.base import (
+    ModelFileError,
+    Runtime,
+    RuntimeUnavailableError,
+    as_batch,
+    check_device,
+    manifest_file,
+    options_threads,
+)
+
+_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "gpu": "CUDAExecutionProvider",
+    "ascend": "CANNExecutionProvider",
+}
+
+
+class OnnxRuntime(Runtime):
+    name = "onnxruntime"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._session: Any = None
+        self._input_name = ""
+        self._output_name = ""
+        self._ort: Any = None
+
+    def load(
+        self,
+        version_dir: str,
+        manifest: dict[str, Any],
+        device: str = "cpu",
+        device_id: int = 0,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        options = dict(options or {})
+        self.device = check_device(device, device_id)
+        self.device_id = device_id
+        self.threads = options_threads(options)
+        inter = options_threads(options, "inter_op_threads") or 1
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise RuntimeUnavailableError(f"onnxruntime is not installed in this Python ({exc})") from None
+        self._ort = ort
+        path = manifest_file(version_dir, manifest, "onnx", "model.onnx")
+        if path is None:
+            raise ModelFileError(f"{version_dir} has no ONNX model (model.onnx) for the onnxruntime runtime")
+        provider = _PROVIDERS[self.device]
+        available = ort.get_available_providers()
+        if provider not in available:
+            raise RuntimeUnavailableError(
+                f"device {self.device!r} needs onnxruntime's {provider}, which this onnxruntime "
+                f"{ort.__version__} build lacks (available: {', '.join(available)})"
+            )
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.inter_op_num_threads = inter
+        if self.threads is not None:
+            so.intra_op_num_threads = self.threads
+        so.log_severity_level = 3  # errors only: the symbolic-shape warnings are noise here
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if self.device != "cpu":
+            providers = [(provider, {"device_id": device_id}), "CPUExecutionProvider"]
+        try:
+            session = ort.InferenceSession(path, sess_options=so, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise ModelFileError(f"onnxruntime cannot load {path}: {exc}") from None
+        if self.device != "cpu" and provider not in session.get_providers():
+            raise RuntimeUnavailableError(
+                f"onnxruntime could not create {provider} for device {self.device}:{device_id} "
+                f"(session providers: {session.get_providers()})"
+            )
+        self._session = session
+        self._input_name = session.get_inputs()[0].name
+        self._output_name = session.get_outputs()[0].name
+        self.model_file = path
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        out = self._session.run([self._output_name], {self._input_name: as_batch(batch)})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def library_version(self) -> str:
+        return str(getattr(self._ort, "__version__", ""))
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["providers"] = list(self._session.get_providers()) if self._session is not None else []
+        return info
+
+    def close(self) -> None:
+        self._session = None
