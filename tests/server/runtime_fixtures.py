@@ -1,0 +1,214 @@
+"""Test fixtures for the runtime and worker tests: a tiny exported model version and a runtime runner.
+
+``python runtime_fixtures.py build OUT`` builds a small MindSpore CNN (seeded), exports it to a
+dynamic-batch MindIR and a dynamic-batch ONNX (one ONNX export per process: a second one can fail),
+writes ``model.json`` and saves the network's own logits on a batch of real photos (scikit-learn and
+scikit-image samples through ``model.preprocess`` at 64x64) as the reference.
+
+``python runtime_fixtures.py run RUNTIME VERSION_DIR OUT.npz`` loads a runtime adapter in this
+(fresh) process, runs the reference images at several batch sizes and saves the logits; it is
+Python 3.7 compatible so the Lite adapter runs under the 3.7 venv, and a fresh process keeps
+MindSpore's process-wide settings (device, thread pool) out of the test process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+IMAGE_SIZE = 64
+NUM_CLASSES = 10
+BATCH_SIZES = (1, 3, 8)
+LITE_VENV_PYTHON = os.path.join(REPO, ".venv-lite37", "bin", "python")
+
+
+def image_paths() -> list[str]:
+    """Eight real photos shipped inside scikit-learn and scikit-image."""
+    import skimage
+    import sklearn
+
+    sk = os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images")
+    ski = os.path.join(os.path.dirname(skimage.__file__), "data")
+    photos = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg"]
+    paths = [os.path.join(sk, "china.jpg"), os.path.join(sk, "flower.jpg")]
+    return paths + [os.path.join(ski, n) for n in photos]
+
+
+def manifest() -> dict:
+    return {
+        "name": "tiny",
+        "version": 1,
+        "arch": "tinycnn",
+        "num_classes": NUM_CLASSES,
+        "labels": [f"class{i}" for i in range(NUM_CLASSES)],
+        "input": {"name": "input", "dtype": "float32", "shape": [-1, 3, IMAGE_SIZE, IMAGE_SIZE]},
+        "output": {"name": "logits", "dtype": "float32", "shape": [-1, NUM_CLASSES]},
+        "files": {"mindir": "model.mindir", "onnx": "model.onnx", "fixed_batch": {}},
+    }
+
+
+def _build(out: str) -> None:
+    import mindspore as ms
+    import onnx
+    from mindspore import nn, ops
+
+    from model.preprocess import EvalTransform, PreprocessConfig
+
+    class TinyNet(nn.Cell):
+        """conv-BN-ReLU stem, a residual block, global average pool, linear head."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.SequentialCell(
+                nn.Conv2d(3, 16, 3, stride=2, pad_mode="pad", padding=1, has_bias=False),
+                nn.BatchNorm2d(16),
+                nn.ReLU(),
+            )
+            self.conv = nn.Conv2d(16, 16, 3, stride=1, pad_mode="pad", padding=1, has_bias=False)
+            self.bn = nn.BatchNorm2d(16)
+            self.relu = nn.ReLU()
+            self.down = nn.Conv2d(16, 32, 3, stride=2, pad_mode="pad", padding=1, has_bias=True)
+            self.pool = ops.ReduceMean(keep_dims=False)
+            self.fc = nn.Dense(32, NUM_CLASSES)
+
+        def construct(self, x):
+            x = self.stem(x)
+            x = self.relu(x + self.bn(self.conv(x)))
+            x = self.relu(self.down(x))
+            return self.fc(self.pool(x, (2, 3)))
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(1)
+    net = TinyNet()
+    # Non-trivial BN statistics so the exported graphs must carry them correctly.
+    rng = np.random.default_rng(0)
+    for name, param in net.parameters_and_names():
+        if name.endswith("moving_mean"):
+            param.set_data(ms.Tensor(rng.normal(0, 0.1, param.shape).astype(np.float32)))
+        elif name.endswith("moving_variance"):
+            param.set_data(ms.Tensor(rng.uniform(0.5, 1.5, param.shape).astype(np.float32)))
+    net.set_train(False)
+
+    transform = EvalTransform(PreprocessConfig(image_size=IMAGE_SIZE))
+    images = []
+    for path in image_paths():
+        with open(path, "rb") as f:
+            images.append(f.read())
+    batch = transform.batch(images)
+    logits = net(ms.Tensor(batch)).asnumpy()
+
+    os.makedirs(out, exist_ok=True)
+    dynamic = ms.Tensor(shape=[None, 3, IMAGE_SIZE, IMAGE_SIZE], dtype=ms.float32)
+    ms.export(net, dynamic, file_name=os.path.join(out, "model"), file_format="MINDIR")
+    fixed = ms.Tensor(np.zeros((4, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32))  # a fixed-batch file too
+    ms.export(net, fixed, file_name=os.path.join(out, "model_b4"), file_format="MINDIR")
+    onnx_path = os.path.join(out, "model.onnx")
+    sample = ms.Tensor(np.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32))
+    ms.onnx.export(net, sample, file_name=onnx_path, input_names=["input"], output_names=["logits"],
+                   dynamic_axes={"input": {0: "batch"}})
+    proto = onnx.load(onnx_path)
+    proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"  # symbolic output batch too
+    onnx.save(proto, onnx_path)
+    with open(os.path.join(out, "model.json"), "w") as f:
+        json.dump(manifest(), f)
+    np.save(os.path.join(out, "images.npy"), batch)
+    np.save(os.path.join(out, "reference.npy"), logits)
+
+
+_BUILT: dict = {}
+
+
+def cached_version(tmp_path_factory) -> str:
+    """The fixture version, built once per test session (both test files share it)."""
+    if "dir" not in _BUILT:
+        _BUILT["dir"] = build_version(str(tmp_path_factory.mktemp("runtime_version")))
+    return _BUILT["dir"]
+
+
+def build_version(out: str) -> str:
+    """Build the fixture version into ``out`` in a fresh process (see the module docstring)."""
+    env = dict(os.environ, PYTHONPATH=REPO, GLOG_v="3")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "build", out], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    if proc.returncode != 0:
+        log = proc.stdout.decode(errors="replace")[-4000:]
+        raise RuntimeError("building the fixture model failed:\n" + log)
+    return out
+
+
+def lite_python() -> tuple[str | None, str]:
+    """(interpreter, "") when the Python 3.7 + mindspore-lite venv works, else (None, why not)."""
+    if not os.path.exists(LITE_VENV_PYTHON):
+        return None, f"no Python 3.7 MindSpore Lite venv at {LITE_VENV_PYTHON} (scripts/setup_lite_py37.sh)"
+    proc = subprocess.run([LITE_VENV_PYTHON, "-c", "import mindspore_lite, numpy"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    if proc.returncode != 0:
+        return None, f"{LITE_VENV_PYTHON} cannot import mindspore_lite: {proc.stdout.decode()[-300:]}"
+    return LITE_VENV_PYTHON, ""
+
+
+def run_runtime(python: str, runtime: str, version_dir: str, out: str, options: dict | None = None,
+                sizes: tuple[int, ...] = BATCH_SIZES, device: str = "cpu") -> dict:
+    """Run ``runtime`` under ``python`` in a fresh process; returns its describe() plus logits per size
+    (``logits[n]``: the first n reference images run as one batch of n)."""
+    env = dict(os.environ, PYTHONPATH=REPO, GLOG_v="3")
+    cmd = [python, os.path.abspath(__file__), "run", runtime, version_dir, out,
+           "--options", json.dumps(options or {}), "--sizes", ",".join(str(s) for s in sizes),
+           "--device", device]
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+    text = proc.stdout.decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{text[-4000:]}")
+    with np.load(out) as data:
+        logits = {int(k[1:]): data[k] for k in data.files}
+    return {"describe": json.loads(text.strip().splitlines()[-1]), "logits": logits}
+
+
+def _run(args: argparse.Namespace) -> None:
+    from server.runtimes import create_runtime, select_runtime
+
+    with open(os.path.join(args.version_dir, "model.json")) as f:
+        man = json.load(f)
+    images = np.load(os.path.join(args.version_dir, "images.npy"))
+    name = select_runtime(args.runtime, args.version_dir, man)
+    runtime = create_runtime(name)
+    start = time.perf_counter()
+    runtime.load(args.version_dir, man, args.device, 0, json.loads(args.options))
+    info = runtime.describe()
+    info["load_s"] = time.perf_counter() - start
+    out = {}
+    for n in (int(s) for s in args.sizes.split(",")):
+        out[f"n{n}"] = runtime.infer(np.ascontiguousarray(images[:n]))
+    np.savez(args.out, **out)
+    print(json.dumps(info))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    b = sub.add_parser("build")
+    b.add_argument("out")
+    r = sub.add_parser("run")
+    r.add_argument("runtime")
+    r.add_argument("version_dir")
+    r.add_argument("out")
+    r.add_argument("--options", default="{}")
+    r.add_argument("--sizes", default="1,3,8")
+    r.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    if args.command == "build":
+        _build(args.out)
+    else:
+        _run(args)
+
+
+if __name__ == "__main__":
+    main()
