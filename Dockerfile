@@ -1,0 +1,108 @@
+# syntax=docker/dockerfile:1
+#
+# ddrnet-serve inference server image.
+#
+#   docker build -t ddrnet-serve .
+#   docker run --rm -p 8000:8000 -p 8001:8001 -v "$PWD/demo/repository:/models:ro" ddrnet-serve
+#
+# Build arguments (all optional):
+#   EXTRAS            pip extras of the project, e.g. "torch" (comma separated)
+#   LITE_WHEEL        path, inside the build context, of a MindSpore Lite wheel for the target
+#                     (cp311 build from MindSpore's download site: CPU, GPU or Ascend310); installed
+#                     into the same venv when set
+#   ONNXRUNTIME       pip requirement that replaces the CPU onnxruntime, e.g. "onnxruntime-gpu>=1.18,<2"
+#   MODEL_REPOSITORY  path, inside the build context, of a model repository to bake into /models
+#                     (otherwise mount one at /models)
+#
+# The install step is the README's: `pip install .` (non-editable here, into a venv that the final
+# stage copies). Everything the server can be told is an option or a DDRNET_* environment variable;
+# nothing secret is baked in (pass DDRNET_AUTH_TOKEN and TLS files at run time).
+
+# ---------------------------------------------------------------------------------------------------
+FROM python:3.11.13-slim-bookworm AS builder
+
+ARG EXTRAS=""
+ARG LITE_WHEEL=""
+ARG ONNXRUNTIME=""
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+
+RUN python -m venv /opt/venv
+
+WORKDIR /src
+# Only what `pip install .` needs: the build configuration and the packages pyproject.toml lists.
+COPY pyproject.toml README.md ./
+COPY model/ model/
+COPY training/ training/
+COPY server/ server/
+COPY clients/ clients/
+COPY protos/ protos/
+COPY cli/ cli/
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# The project's own dependency ranges (pyproject.toml) are the pins here.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".${EXTRAS:+[${EXTRAS}]}"
+
+# Optional runtime swaps; the build context is bind-mounted so an unset wheel path needs no file.
+# The ONNXRUNTIME requirement and the Lite wheel are given, pinned, by whoever builds the image.
+# hadolint ignore=DL3013
+RUN --mount=type=bind,source=.,target=/context \
+    if [ -n "${ONNXRUNTIME}" ]; then \
+        pip uninstall --yes onnxruntime && pip install --no-cache-dir "${ONNXRUNTIME}"; \
+    fi \
+    && if [ -n "${LITE_WHEEL}" ]; then \
+        pip install --no-cache-dir "/context/${LITE_WHEEL}"; \
+    fi \
+    && ddrnet --help > /dev/null
+
+# ---------------------------------------------------------------------------------------------------
+FROM python:3.11.13-slim-bookworm AS runtime
+
+ARG MODEL_REPOSITORY=""
+
+# libgomp1: MindSpore's CPU kernels link against the system OpenMP runtime (not in the slim image).
+# Not version-pinned: Debian replaces point releases in place, so a pin would break rebuilds; the
+# base image tag fixes the Debian release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 ddrnet \
+    && useradd --system --uid 10001 --gid ddrnet --home-dir /home/ddrnet --create-home \
+        --shell /usr/sbin/nologin ddrnet \
+    && mkdir -p /models \
+    && chown ddrnet:ddrnet /models
+
+COPY --from=builder /opt/venv /opt/venv
+COPY deploy/docker/healthcheck.py /opt/ddrnet/healthcheck.py
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN --mount=type=bind,source=.,target=/context \
+    if [ -n "${MODEL_REPOSITORY}" ]; then \
+        cp -r "/context/${MODEL_REPOSITORY}/." /models/ && chown -R ddrnet:ddrnet /models; \
+    fi
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/home/ddrnet \
+    MPLCONFIGDIR=/tmp/matplotlib
+
+WORKDIR /home/ddrnet
+USER 10001:10001
+
+VOLUME ["/models"]
+# 8000: HTTP (classify, Open Inference Protocol v2 REST, /metrics); 8001: gRPC (Classify, OIP v2, health)
+EXPOSE 8000 8001
+
+# Ready = model loaded and warmed (OIP v2 /v2/health/ready); the script follows DDRNET_HTTP_PORT,
+# DDRNET_HTTP_HOST, DDRNET_TLS_CERT and the --http-port/--http-host/--tls-cert options of PID 1.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "/opt/ddrnet/healthcheck.py"]
+
+ENTRYPOINT ["ddrnet", "serve"]
+CMD ["--model-repository", "/models", "--http-host", "0.0.0.0", "--grpc-host", "0.0.0.0"]
