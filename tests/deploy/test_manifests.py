@@ -10,8 +10,11 @@ environment, user, volumes, grace period, autoscaling target, image.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
+import importlib
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -387,3 +390,24 @@ def test_one_image_tagged_with_the_project_version() -> None:
     version = project()["project"]["version"]
     images = {server_container()["image"], runtime_container()["image"]}
     assert images == {f"ddrnet-serve:{version}"}
+
+
+def test_command_lines_parse_with_the_real_serve_cli(final_stage: Stage) -> None:
+    """The image CMD and the manifests' args are accepted by `ddrnet serve`'s own argument parser."""
+    if importlib.util.find_spec("server.cli") is None:
+        pytest.skip("server/cli.py (the `ddrnet serve` options) does not exist yet")
+    serve_cli = importlib.import_module("server.cli")
+    parser = argparse.ArgumentParser(prog="ddrnet serve", exit_on_error=False)
+    serve_cli.add_arguments(parser)
+    command_lines = {
+        "Dockerfile CMD": exec_form(final_stage.last("CMD").value),
+        "Deployment args": server_container()["args"],
+        "ServingRuntime args": runtime_container()["args"],
+    }
+    for where, args in command_lines.items():
+        try:
+            parsed = parser.parse_args(args)
+        except (argparse.ArgumentError, SystemExit) as exc:
+            pytest.fail(f"{where} rejected by ddrnet serve: {args} ({exc})")
+        for key, value in serve_options(args).items():
+            assert str(getattr(parsed, key)) == value, f"{where}: --{key} parsed as {getattr(parsed, key)!r}"
