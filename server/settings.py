@@ -7,6 +7,7 @@ workers) are derived from the cores this process may use; see :func:`derive_defa
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -24,11 +25,22 @@ DeviceName = Literal["cpu", "gpu", "ascend"]
 
 
 def available_cores() -> int:
-    """Cores this process may run on (cgroup/affinity aware), at least 1."""
+    """Cores this process may use: CPU affinity, capped by a cgroup v2 CPU limit (containers), >= 1.
+
+    Kubernetes sets a CPU limit through ``cpu.max`` while affinity still shows every core of the
+    node; sizing threads from affinity alone would oversubscribe the pod.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit visible
+    return max(1, cores)
 
 
 class ServerSettings(BaseSettings):
@@ -41,7 +53,7 @@ class ServerSettings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 in containers)")
     http_port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 = pick a free port)")
     grpc_host: str = Field("127.0.0.1", description="gRPC bind address")
-    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port (0 = pick a free port; -1 disables)")
+    grpc_port: int = Field(8001, ge=-1, le=65535, description="gRPC port (0 = pick a free port; -1 disables)")
 
     runtime: RuntimeName = Field("auto", description="auto | lite | onnxruntime | mindspore")
     runtime_python: Path | None = Field(
