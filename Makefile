@@ -9,17 +9,16 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 ## Serve the demo model (trains and exports it first when the repository has none).
 serve: install
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/ddrnet quickstart
+	PATH=$(abspath $(BIN)):$$PATH ddrnet quickstart
 
 ## Install and run the whole test suite.
 test: install
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	PATH=$(abspath $(BIN)):$$PATH python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: install
