@@ -143,6 +143,7 @@ class WorkerInstance:
         self._outputs: ShmArray | None = None
         self._lock = asyncio.Lock()
         self._stopping = False
+        self._serving = False  # started successfully once and not stopped: restart what dies
         self._restart_task: asyncio.Task[None] | None = None
         self._backoff = backoff_s[0]
         self._started_at = 0.0
@@ -169,6 +170,7 @@ class WorkerInstance:
         runtime, device or model file is missing; INVALID_ARGUMENT for a bad device or option)."""
         self._stopping = False
         await self._spawn_and_load()
+        self._serving = True
         LOG.info("instance %s ready: %s", self.name, self._info)
 
     def batch_buffer(self, size: int, item_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -215,6 +217,7 @@ class WorkerInstance:
         """Finish the batch in flight (up to ``timeout_s``), then shut the worker down, killing it if
         it does not exit in time; unlinks the shared memory. Idempotent."""
         self._stopping = True
+        self._serving = False
         self.ready = False
         if self._restart_task is not None:
             self._restart_task.cancel()
@@ -328,7 +331,6 @@ class WorkerInstance:
             await self._on_worker_lost(proc, exc)
 
     async def _on_worker_lost(self, proc: asyncio.subprocess.Process, exc: BaseException) -> None:
-        was_ready = self.ready
         self.ready = False
         try:
             returncode = await asyncio.wait_for(proc.wait(), 5.0)
@@ -348,7 +350,7 @@ class WorkerInstance:
         if self._stopping or proc is not self._proc:
             return
         LOG.error("instance %s: worker %s %s", self.name, proc.pid, reason)
-        if was_ready and self.restart_enabled and self._restart_task is None:
+        if self._serving and self.restart_enabled and self._restart_task is None:
             self._restart_task = asyncio.get_running_loop().create_task(self._restart_loop())
 
     async def _restart_loop(self) -> None:

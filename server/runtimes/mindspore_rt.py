@@ -55,10 +55,13 @@ def _select_device(ms: Any, device: str, device_id: int) -> None:
 
 def _set_threads(ms: Any, threads: int) -> None:
     op_tuning = getattr(getattr(getattr(ms, "device_context", None), "cpu", None), "op_tuning", None)
-    if op_tuning is not None and hasattr(op_tuning, "threads_num"):
-        op_tuning.threads_num(threads)
-    else:  # MindSpore < 2.5
+    if op_tuning is None or not hasattr(op_tuning, "threads_num"):  # MindSpore < 2.5
         ms.set_context(runtime_num_threads=threads)
+        return
+    try:
+        op_tuning.threads_num(threads)
+    except RuntimeError as exc:  # once per process; a worker process loads one model
+        LOG.warning("MindSpore CPU threads were set before in this process, kept: %s", exc)
 
 
 class MindSporeRuntime(Runtime):

@@ -3,11 +3,13 @@
 Its logits are the per-channel means of each image (``[N, 3]``), so results are checkable by eye.
 The first pixel of a batch steers it: ``-1`` raises (a runtime failure in one batch), ``-2`` sleeps
 for a minute (a batch in flight to kill, or a hung worker). ``options["fixed"]`` declares fixed batch
-sizes. Python 3.7 compatible like every worker-side module.
+sizes; ``options["noisy"]`` prints to stdout at load. Python 3.7 compatible like every worker-side module.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 
 import numpy as np
@@ -26,6 +28,10 @@ class FakeRuntime(Runtime):
         self.options = dict(options or {})
         self.model_file = None
         self.calls = 0
+        if self.options.get("noisy"):  # like Lite's converter: output on stdout, from Python and from C
+            print("noise from python on stdout")
+            sys.stdout.flush()
+            os.write(1, b"noise written to fd 1\n")
 
     @property
     def supported_batch_sizes(self):

@@ -1,0 +1,310 @@
+"""Worker processes: correct logits through shared memory (ONNX Runtime, and MindSpore Lite under
+Python 3.7), a SIGKILLed or hung worker fails only its batch and is restarted, a runtime exception
+fails one batch only, shared-memory files never outlive their use, bad devices are clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import runtime_fixtures as rf
+from fake_runtimes import FAIL, HANG
+
+from server.errors import ErrorKind, ServingError
+from server.shm import ShmArray
+from server.worker_client import WorkerInstance
+from server.worker_main import Worker
+from server.worker_protocol import ProtocolError, decode_body, decode_length, encode
+
+FAKE = "fake_runtimes:FakeRuntime"
+HERE = os.path.dirname(os.path.abspath(__file__))
+FAKE_MANIFEST = {"name": "fake", "version": 1, "num_classes": 3, "input": {"shape": [-1, 3, 4, 4]},
+                 "output": {"shape": [-1, 3]}}
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 180.0) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+@pytest.fixture(scope="module")
+def version(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return rf.cached_version(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def manifest(version: str) -> dict:
+    with open(os.path.join(version, "model.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture
+def shm_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "shm"
+    path.mkdir()
+    return path
+
+
+def fake_instance(tmp_path: Path, shm_dir: Path, **kwargs: Any) -> WorkerInstance:
+    kwargs.setdefault("max_batch_size", 4)
+    return WorkerInstance(tmp_path, FAKE_MANIFEST, runtime=FAKE, extra_pythonpath=[HERE],
+                          shm_dir=str(shm_dir), backoff_s=(0.05, 0.5), **kwargs)
+
+
+def images_with_first_pixel(value: float, n: int = 2) -> np.ndarray:
+    batch = np.random.default_rng(0).random((n, 3, 4, 4), dtype=np.float32)
+    batch[0, 0, 0, 0] = value
+    return batch
+
+
+async def wait_ready(inst: WorkerInstance, limit_s: float = 60.0) -> None:
+    for _ in range(int(limit_s / 0.05)):
+        if inst.ready:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"instance not ready again after {limit_s} s")
+
+
+# -- real runtimes -----------------------------------------------------------------------------------
+
+
+def test_onnxruntime_worker_results_through_shared_memory(
+    version: str, manifest: dict, shm_dir: Path
+) -> None:
+    images = np.load(os.path.join(version, "images.npy"))
+    reference = np.load(os.path.join(version, "reference.npy"))
+
+    async def scenario() -> None:
+        inst = WorkerInstance(version, manifest, runtime="onnxruntime", threads=1, max_batch_size=8,
+                              shm_dir=str(shm_dir), warmup_batch_sizes=[1, 3, 8])
+        await inst.start()
+        try:
+            info = inst.describe()
+            assert info["runtime"] == "onnxruntime" and info["ready"]
+            assert info["python"] == sys.version.split()[0]
+            assert sorted(info["warmup_s"]) == ["1", "3", "8"] and inst.fixed_batch_sizes is None
+            for n in rf.BATCH_SIZES:
+                np.testing.assert_allclose(await inst.infer(images[:n]), reference[:n], atol=1e-4, rtol=0)
+            np.testing.assert_allclose(await inst.infer(list(images[2:5])), reference[2:5], atol=1e-4, rtol=0)
+            # The batcher's zero-copy path: fill the shared input buffer in place, then infer on it.
+            buf = inst.batch_buffer(3, (3, 64, 64), np.dtype(np.float32))
+            assert buf.ctypes.data == inst.batch_buffer(8, (3, 64, 64), np.dtype(np.float32)).ctypes.data
+            buf[:] = images[5:8]
+            out = await inst.infer(buf)
+            np.testing.assert_allclose(out, reference[5:8], atol=1e-4, rtol=0)
+            # Concurrent callers each get the logits of their own images.
+            slices = [(0, 2), (2, 3), (3, 8), (1, 7)]
+            outs = await asyncio.gather(*(inst.infer(images[a:b]) for a, b in slices))
+            for (a, b), got in zip(slices, outs, strict=True):
+                np.testing.assert_allclose(got, reference[a:b], atol=1e-4, rtol=0)
+            with pytest.raises(ServingError, match=r"batch of 9 images") as info9:
+                await inst.infer(np.zeros((9, 3, 64, 64), np.float32))
+            assert info9.value.kind is ErrorKind.INVALID_ARGUMENT
+            with pytest.raises(ServingError, match=r"image 0 has shape \(3, 32, 32\)"):
+                await inst.infer([np.zeros((3, 32, 32), np.float32)])
+            proc = inst._proc
+        finally:
+            await inst.stop()
+        assert proc is not None and proc.returncode == 0  # a clean shutdown, not a kill
+        assert list(shm_dir.iterdir()) == []
+
+    run(scenario())
+
+
+def test_lite_worker_under_python37(version: str, manifest: dict, shm_dir: Path, tmp_path: Path) -> None:
+    python, why = rf.lite_python()
+    if python is None:
+        pytest.skip(f"MindSpore Lite worker test skipped: {why}")
+    images = np.load(os.path.join(version, "images.npy"))
+    reference = np.load(os.path.join(version, "reference.npy"))
+
+    async def scenario() -> None:
+        inst = WorkerInstance(version, manifest, runtime="auto", python=python, threads=1, max_batch_size=8,
+                              shm_dir=str(shm_dir), options={"cache_dir": str(tmp_path / "lite-cache")})
+        await inst.start()
+        try:
+            info = inst.describe()
+            assert info["runtime"] == "lite" and info["chosen_by"] == "auto"
+            assert info["python"].startswith("3.7.") and info["library_version"] == "2.0.0"
+            for n in rf.BATCH_SIZES:
+                out = await inst.infer(images[:n])
+                np.testing.assert_allclose(out, reference[:n], atol=1e-4, rtol=0)
+                assert (out.argmax(1) == reference[:n].argmax(1)).all()
+        finally:
+            await inst.stop()
+        assert list(shm_dir.iterdir()) == []
+
+    run(scenario())
+
+
+# -- faults --------------------------------------------------------------------------------------------
+
+
+def test_sigkilled_worker_fails_only_its_batch_and_is_restarted(tmp_path: Path, shm_dir: Path) -> None:
+    async def scenario() -> None:
+        inst = fake_instance(tmp_path, shm_dir)
+        await inst.start()
+        try:
+            good = images_with_first_pixel(0.5)
+            np.testing.assert_allclose(await inst.infer(good), good.mean(axis=(2, 3)), rtol=1e-6)
+            old_pid = inst.pid
+            in_flight = asyncio.ensure_future(inst.infer(images_with_first_pixel(HANG)))
+            await asyncio.sleep(0.2)
+            os.kill(old_pid, signal.SIGKILL)
+            with pytest.raises(ServingError, match="killed by SIGKILL") as info:
+                await in_flight
+            assert info.value.kind is ErrorKind.UNAVAILABLE and info.value.reason == "worker_died"
+            if not inst.ready:  # while restarting, batches fail fast instead of waiting
+                with pytest.raises(ServingError, match="not ready"):
+                    await inst.infer(good)
+            await wait_ready(inst)
+            assert inst.restarts == 1 and inst.pid != old_pid
+            np.testing.assert_allclose(await inst.infer(good), good.mean(axis=(2, 3)), rtol=1e-6)
+        finally:
+            await inst.stop()
+        assert list(shm_dir.iterdir()) == []
+
+    run(scenario())
+
+
+def test_runtime_exception_fails_one_batch_only(tmp_path: Path, shm_dir: Path) -> None:
+    async def scenario() -> None:
+        inst = fake_instance(tmp_path, shm_dir)
+        await inst.start()
+        try:
+            pid = inst.pid
+            with pytest.raises(ServingError, match="injected runtime failure") as info:
+                await inst.infer(images_with_first_pixel(FAIL))
+            assert info.value.kind is ErrorKind.INTERNAL and info.value.reason == "runtime_error"
+            good = images_with_first_pixel(0.25, n=3)
+            np.testing.assert_allclose(await inst.infer(good), good.mean(axis=(2, 3)), rtol=1e-6)
+            assert inst.pid == pid and inst.restarts == 0 and inst.ready
+        finally:
+            await inst.stop()
+
+    run(scenario())
+
+
+def test_hung_worker_is_killed_and_restarted(tmp_path: Path, shm_dir: Path) -> None:
+    async def scenario() -> None:
+        inst = fake_instance(tmp_path, shm_dir, infer_timeout_s=1.0)
+        await inst.start()
+        try:
+            with pytest.raises(ServingError, match="did not answer within 1 s") as info:
+                await inst.infer(images_with_first_pixel(HANG))
+            assert info.value.kind is ErrorKind.UNAVAILABLE and info.value.reason == "worker_timeout"
+            await wait_ready(inst)
+            assert inst.restarts == 1
+            good = images_with_first_pixel(0.5)
+            np.testing.assert_allclose(await inst.infer(good), good.mean(axis=(2, 3)), rtol=1e-6)
+        finally:
+            await inst.stop()
+
+    run(scenario())
+
+
+def test_fixed_batch_sizes_are_padded_and_warmed_up(tmp_path: Path, shm_dir: Path) -> None:
+    async def scenario() -> None:
+        inst = fake_instance(tmp_path, shm_dir, options={"fixed": [2, 4]})
+        await inst.start()
+        try:
+            assert inst.fixed_batch_sizes == [2, 4]
+            assert sorted(inst.describe()["warmup_s"]) == ["2", "4"]
+            batch = images_with_first_pixel(0.5, n=3)  # runs as a batch of 4, answers 3 rows
+            np.testing.assert_allclose(await inst.infer(batch), batch.mean(axis=(2, 3)), rtol=1e-6)
+        finally:
+            await inst.stop()
+
+    run(scenario())
+
+
+def test_library_output_on_stdout_does_not_break_the_protocol(tmp_path: Path, shm_dir: Path) -> None:
+    async def scenario() -> None:
+        inst = fake_instance(tmp_path, shm_dir, options={"noisy": True})
+        await inst.start()
+        try:
+            good = images_with_first_pixel(0.5)
+            np.testing.assert_allclose(await inst.infer(good), good.mean(axis=(2, 3)), rtol=1e-6)
+        finally:
+            await inst.stop()
+
+    run(scenario())
+
+
+# -- start-up errors and resources ---------------------------------------------------------------------
+
+
+def test_bad_device_or_runtime_is_a_clear_start_error(version: str, manifest: dict, shm_dir: Path) -> None:
+    async def start_error(**kwargs: Any) -> ServingError:
+        inst = WorkerInstance(version, manifest, shm_dir=str(shm_dir), **kwargs)
+        with pytest.raises(ServingError) as info:
+            await inst.start()
+        assert inst.pid is None and not inst.ready  # the worker is gone
+        return info.value
+
+    async def scenario() -> None:
+        err = await start_error(runtime="onnxruntime", device="tpu")
+        assert err.kind is ErrorKind.INVALID_ARGUMENT and "unknown device 'tpu'" in err.message
+        err = await start_error(runtime="onnxruntime", device="gpu")
+        assert err.kind is ErrorKind.UNAVAILABLE and "CUDAExecutionProvider" in err.message
+        if importlib.util.find_spec("mindspore_lite") is None:
+            err = await start_error(runtime="lite")
+            assert err.kind is ErrorKind.UNAVAILABLE and "mindspore_lite" in err.message
+
+    run(scenario())
+    assert list(shm_dir.iterdir()) == []  # failed starts leave no shared memory behind
+    with pytest.raises(ValueError, match="is not an executable file"):
+        WorkerInstance(version, manifest, python="/nonexistent/python3.7")
+
+
+def test_shared_memory_array_maps_across_processes_and_unlinks(shm_dir: Path) -> None:
+    arr = ShmArray.create((2, 3), "float32", str(shm_dir))
+    arr.array[:] = np.arange(6, dtype=np.float32).reshape(2, 3)
+    code = (
+        "import sys, json\nfrom server.shm import ShmArray\n"
+        "a = ShmArray.from_spec(json.loads(sys.argv[1]))\nprint(a.array.sum())\na.array[1] = -1\na.close()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(arr.spec())], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=rf.REPO), timeout=60, check=True)
+    assert float(proc.stdout) == 15.0
+    assert arr.array[1].tolist() == [-1.0, -1.0, -1.0]
+    assert [p.name for p in shm_dir.iterdir()] == [os.path.basename(arr.path)]
+    arr.unlink()
+    assert list(shm_dir.iterdir()) == []
+    arr.array[0] = 7.0  # the mapping outlives the name
+    arr.close()
+    arr.close()  # idempotent
+    with pytest.raises(FileNotFoundError):
+        ShmArray.attach(arr.path, (2, 3))
+
+
+def test_worker_answers_bad_requests_and_exits_with_its_server() -> None:
+    worker = Worker()
+    reply, done = worker.handle({"op": "bogus"})
+    assert reply == {"ok": False, "error": "invalid_argument", "message": reply["message"]} and not done
+    assert "unknown op 'bogus'" in reply["message"]
+    reply, _ = worker.handle({"op": "infer", "n": 1})
+    assert reply["error"] == "invalid_argument" and "no model loaded" in reply["message"]
+    reply, _ = worker.handle({"op": "infer"})
+    assert reply["error"] == "invalid_argument" and "bad infer message" in reply["message"]
+    frame = encode({"op": "warmup", "batch_sizes": [1]})
+    assert decode_body(frame[4:]) == {"op": "warmup", "batch_sizes": [1]}
+    assert decode_length(frame[:4]) == len(frame) - 4
+    with pytest.raises(ProtocolError):
+        decode_length(b"\xff\xff\xff\xff")
+    # A worker whose server goes away (stdin closes) exits by itself.
+    proc = subprocess.Popen([sys.executable, "-m", "server.worker_main"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=rf.REPO), cwd=rf.REPO)
+    assert proc.stdin is not None
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0
+    assert proc.stdout is not None and proc.stdout.read() == b""
