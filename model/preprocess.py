@@ -253,6 +253,12 @@ def decode_image(
             f"image too large: {width}x{height} = {width * height} pixels, limit {max_pixels}",
             "too_many_pixels",
         )
+    _load(img)
+    return img
+
+
+def _load(img: Image.Image) -> None:
+    """Decode the pixel data of a lazily opened image, mapping Pillow's errors to ours."""
     try:
         img.load()
     except Image.DecompressionBombError as exc:
@@ -261,10 +267,10 @@ def decode_image(
         raise
     except Exception as exc:
         text = _describe(exc)
+        kind = img.format or "image"
         if "truncated" in text.lower() or isinstance(exc, EOFError):
-            raise ImageDecodeError(f"truncated {img.format} image: {text}", "truncated") from None
-        raise ImageDecodeError(f"cannot decode {img.format} image data: {text}", "undecodable") from None
-    return img
+            raise ImageDecodeError(f"truncated {kind} image: {text}", "truncated") from None
+        raise ImageDecodeError(f"cannot decode {kind} image data: {text}", "undecodable") from None
 
 
 def _describe(exc: BaseException) -> str:
@@ -383,6 +389,7 @@ class EvalTransform:
         """Steps 1–4: uint8 ``(S, S, 3)``, or ``(S, S)`` for a greyscale image (same value in R, G, B)."""
         if isinstance(image, Image.Image):
             img = image
+            _load(img)  # a lazily opened file decodes here; a loaded image returns at once
         elif isinstance(image, (bytes, bytearray, memoryview)):
             img = decode_image(image, self.max_pixels, self.formats)
         else:

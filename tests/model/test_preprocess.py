@@ -502,3 +502,11 @@ def test_imports_no_mindspore():
         "sys.exit(1 if bad else 0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_lazily_opened_truncated_pil_image(chelsea, tmp_path):
+    path = tmp_path / "half.jpg"
+    path.write_bytes(_truncated("JPEG", chelsea))
+    with Image.open(path) as img, pytest.raises(ImageDecodeError) as info:  # header fine, data cut
+        EvalTransform()(img)
+    assert info.value.reason == "truncated"
