@@ -107,7 +107,8 @@ ERROR_REASONS = {
     "too_many_pixels": "declared size (or the resize it needs) over the pixel limit",
 }
 
-ImageInput = bytes | bytearray | memoryview | Image.Image
+#: Encoded bytes (also a 1-D uint8 array, as mindspore.dataset passes file contents) or a PIL image.
+ImageInput = bytes | bytearray | memoryview | np.ndarray | Image.Image
 
 
 class ImageError(ValueError):
@@ -326,8 +327,10 @@ class EvalTransform:
     """Callable eval transform built from a :class:`PreprocessConfig`.
 
     ``transform(image)`` → float32 ``(3, S, S)``; :meth:`transform_into` writes into a preallocated
-    array (shared memory); :meth:`batch` stacks several. ``image`` is encoded bytes (decoded with
-    :func:`decode_image` under ``max_pixels``/``formats``) or a PIL image of any mode.
+    array (shared memory); :meth:`batch` stacks several. ``image`` is encoded bytes (``bytes``,
+    ``bytearray``, ``memoryview`` or a 1-D uint8 array, decoded with :func:`decode_image` under
+    ``max_pixels``/``formats``) or a PIL image of any mode. An instance can be a
+    ``mindspore.dataset`` map operation on the encoded image column (it returns float32 CHW).
     """
 
     def __init__(
@@ -392,6 +395,9 @@ class EvalTransform:
             _load(img)  # a lazily opened file decodes here; a loaded image returns at once
         elif isinstance(image, (bytes, bytearray, memoryview)):
             img = decode_image(image, self.max_pixels, self.formats)
+        elif isinstance(image, np.ndarray) and image.ndim == 1 and image.dtype == np.uint8:
+            # encoded file bytes as mindspore.dataset hands them to a Python map operation
+            img = decode_image(memoryview(np.ascontiguousarray(image)), self.max_pixels, self.formats)
         else:
             raise TypeError(f"image must be bytes or a PIL image, got {type(image).__name__}")
         if self.config.apply_exif_orientation:

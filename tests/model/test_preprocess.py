@@ -510,3 +510,20 @@ def test_lazily_opened_truncated_pil_image(chelsea, tmp_path):
     with Image.open(path) as img, pytest.raises(ImageDecodeError) as info:  # header fine, data cut
         EvalTransform()(img)
     assert info.value.reason == "truncated"
+
+
+def test_as_a_mindspore_dataset_map_operation(tmp_path):
+    import mindspore.dataset as ds
+
+    for name in ("china.jpg", "chelsea.png"):
+        (tmp_path / "cls").mkdir(exist_ok=True)
+        (tmp_path / "cls" / name).write_bytes(PHOTOS[name].read_bytes())
+    transform = EvalTransform(PreprocessConfig(image_size=64))
+    dataset = ds.ImageFolderDataset(str(tmp_path), shuffle=False, decode=False)
+    dataset = dataset.map(operations=[transform], input_columns="image")
+    rows = list(dataset.create_dict_iterator(output_numpy=True))
+    assert len(rows) == 2
+    for row, name in zip(rows, ("chelsea.png", "china.jpg"), strict=True):
+        np.testing.assert_array_equal(row["image"], transform(PHOTOS[name].read_bytes()))
+    with pytest.raises(TypeError):
+        transform(np.zeros((4, 4, 3), dtype=np.uint8))  # decoded arrays are not accepted
