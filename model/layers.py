@@ -1,0 +1,206 @@
+"""Building blocks of the DDRNet classifiers: conv/BN factories, residual blocks, drop path and an
+ONNX-exportable bilinear resize.
+
+Layers know nothing of models: no DDRNet widths or names live here.
+
+Bilinear resize. MindSpore 2.10's ONNX exporter rejects every bilinear resize op (ResizeBilinearV2,
+``ops.interpolate``, ``nn.Upsample``), so a resize to a known size is written as the fixed linear map
+it is: ``out = R_h · x · R_wᵀ`` with interpolation matrices built in numpy. The matrices depend only on
+the static spatial sizes of the two tensors, so they are made by a ``mindspore.constexpr`` function:
+in GRAPH mode it runs once at compile time on the static ``x.shape`` values and its result is folded
+into the graph as constants (the batch dimension may stay dynamic, as MindIR export with a dynamic
+batch needs); in PyNative it is an ordinary (cached) Python call.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import mindspore as ms
+import numpy as np
+from mindspore import Tensor, nn, ops
+from mindspore.common.initializer import HeNormal
+
+BN_EPS = 1e-5
+#: MindSpore momentum convention (moving = moving * momentum + batch * (1 - momentum)):
+#: 0.9 here equals PyTorch's momentum 0.1.
+BN_MOMENTUM = 0.9
+
+
+@functools.lru_cache(maxsize=64)
+def bilinear_matrix(n_in: int, n_out: int, half_pixel_centers: bool) -> np.ndarray:
+    """The (n_out, n_in) matrix of a 1-D bilinear resize with ``align_corners=False``.
+
+    ``half_pixel_centers=True`` is ``torch.nn.functional.interpolate(mode="bilinear")`` (source
+    coordinate ``(dst + 0.5) * in/out - 0.5``, clamped at 0); ``False`` is the legacy TF/MindSpore
+    ``ResizeBilinear`` (source coordinate ``dst * in/out``). Rows sum to 1. Returned read-only.
+    """
+    if n_in <= 0 or n_out <= 0:
+        raise ValueError(f"bilinear_matrix needs positive sizes, got n_in={n_in}, n_out={n_out}")
+    scale = n_in / n_out
+    dst = np.arange(n_out, dtype=np.float64)
+    src = (dst + 0.5) * scale - 0.5 if half_pixel_centers else dst * scale
+    src = np.clip(src, 0.0, n_in - 1)
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    mat = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    np.add.at(mat, (rows, lo), 1.0 - frac)
+    np.add.at(mat, (rows, hi), frac)
+    mat = mat.astype(np.float32)
+    mat.setflags(write=False)
+    return mat
+
+
+@ms.constexpr
+def _resize_constants(h_in, w_in, h_out, w_out, half_pixel_centers, dtype):
+    """(R_h, R_wᵀ) as constant tensors of ``dtype``; evaluated at compile time in GRAPH mode."""
+    np_dtype = ms.dtype_to_nptype(dtype)
+    r_h = bilinear_matrix(h_in, h_out, half_pixel_centers).astype(np_dtype)
+    r_wt = bilinear_matrix(w_in, w_out, half_pixel_centers).T.astype(np_dtype)
+    return Tensor(r_h), Tensor(r_wt)
+
+
+def resize_bilinear_like(x: Tensor, like: Tensor, half_pixel_centers: bool) -> Tensor:
+    """Bilinear resize of NCHW ``x`` to the spatial size of ``like`` (``align_corners=False``).
+
+    Uses only MatMul with constant matrices, so it exports to ONNX and runs with a dynamic batch.
+    Spatial sizes must be static (they are, for a network compiled for a fixed image size).
+    """
+    r_h, r_wt = _resize_constants(
+        x.shape[2], x.shape[3], like.shape[2], like.shape[3], half_pixel_centers, x.dtype
+    )
+    return ops.matmul(ops.matmul(r_h, x), r_wt)
+
+
+def conv3x3(
+    in_ch: int, out_ch: int, stride: int = 1, *, pad_mode: str = "pad", has_bias: bool = False
+) -> nn.Conv2d:
+    """3x3 convolution. ``pad_mode="pad"``: 1 pixel on every side (PyTorch ``padding=1``);
+    ``pad_mode="same"``: TensorFlow-style SAME, which for stride 2 on an even size pads only the
+    bottom/right edge (the MindSpore zoo's default; numerically different from ``"pad"``)."""
+    if pad_mode == "pad":
+        return nn.Conv2d(in_ch, out_ch, 3, stride=stride, pad_mode="pad", padding=1, has_bias=has_bias)
+    if pad_mode == "same":
+        return nn.Conv2d(in_ch, out_ch, 3, stride=stride, pad_mode="same", has_bias=has_bias)
+    raise ValueError(f"pad_mode must be 'pad' or 'same', got {pad_mode!r}")
+
+
+def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution without bias (no padding under either convention)."""
+    return nn.Conv2d(in_ch, out_ch, 1, stride=stride, pad_mode="valid", has_bias=False)
+
+
+def batch_norm(channels: int, momentum: float = BN_MOMENTUM) -> nn.BatchNorm2d:
+    """BatchNorm2d with eps 1e-5; parameters gamma, beta, moving_mean, moving_variance."""
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=momentum)
+
+
+def conv_bn(conv: nn.Cell, channels: int) -> nn.SequentialCell:
+    """``[conv, BN]`` as a SequentialCell (parameter names ``<name>.0.*``, ``<name>.1.*``)."""
+    return nn.SequentialCell([conv, batch_norm(channels)])
+
+
+def init_conv_weights(cell: nn.Cell) -> None:
+    """Kaiming-normal (fan_out, ReLU) conv weights, as both DDRNet sources initialise them."""
+    for _, sub in cell.cells_and_names():
+        if isinstance(sub, nn.Conv2d):
+            sub.weight.set_data(
+                ms.common.initializer.initializer(
+                    HeNormal(mode="fan_out", nonlinearity="relu"), sub.weight.shape, sub.weight.dtype
+                )
+            )
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth: in training, zero a sample's residual branch with probability ``rate`` and
+    scale the survivors by ``1 / (1 - rate)``; identity in eval (so exported graphs hold no random op)."""
+
+    def __init__(self, rate: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+        self.keep = 1.0 - self.rate
+
+    def construct(self, x: Tensor) -> Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = ops.bernoulli(ops.ones(shape, x.dtype), p=self.keep)
+        return x * mask / self.keep
+
+
+class BasicBlock(nn.Cell):
+    """Two 3x3 conv+BN with a residual; ``no_relu`` drops the ReLU after the sum."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_ch: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Cell | None = None,
+        no_relu: bool = False,
+        drop_path: float = 0.0,
+        pad_mode: str = "pad",
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_ch, planes, stride, pad_mode=pad_mode)
+        self.bn1 = batch_norm(planes)
+        self.conv2 = conv3x3(planes, planes, pad_mode=pad_mode)
+        self.bn2 = batch_norm(planes)
+        self.downsample = downsample
+        self.has_downsample = downsample is not None
+        self.no_relu = no_relu
+        self.drop_path = DropPath(drop_path)
+
+    def construct(self, x: Tensor) -> Tensor:
+        out = ops.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = self.downsample(x) if self.has_downsample else x
+        out = self.drop_path(out) + shortcut
+        if self.no_relu:
+            return out
+        return ops.relu(out)
+
+
+class Bottleneck(nn.Cell):
+    """1x1 → 3x3 → 1x1 (expansion 2) conv+BN with a residual; ReLU after the sum unless ``no_relu``."""
+
+    expansion = 2
+
+    def __init__(
+        self,
+        in_ch: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Cell | None = None,
+        no_relu: bool = False,
+        drop_path: float = 0.0,
+        pad_mode: str = "pad",
+        bn3_momentum: float = BN_MOMENTUM,
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv1x1(in_ch, planes)
+        self.bn1 = batch_norm(planes)
+        self.conv2 = conv3x3(planes, planes, stride, pad_mode=pad_mode)
+        self.bn2 = batch_norm(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = batch_norm(planes * self.expansion, momentum=bn3_momentum)
+        self.downsample = downsample
+        self.has_downsample = downsample is not None
+        self.no_relu = no_relu
+        self.drop_path = DropPath(drop_path)
+
+    def construct(self, x: Tensor) -> Tensor:
+        out = ops.relu(self.bn1(self.conv1(x)))
+        out = ops.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        shortcut = self.downsample(x) if self.has_downsample else x
+        out = self.drop_path(out) + shortcut
+        if self.no_relu:
+            return out
+        return ops.relu(out)

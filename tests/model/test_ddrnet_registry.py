@@ -1,0 +1,132 @@
+"""Registry, parameter layout and parameter counts of the DDRNet classifiers (no forward passes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ddrnet_testutil import reference
+
+from model import create_model, list_models
+from model.convert import ConvertError, map_authors_state_dict
+from model.ddrnet import _drop_path_schedule
+from model.registry import default_eval_config
+
+# Trainable parameters of the authors' networks (stem conv bias included); the zoo variant has no
+# stem bias: 2 * planes fewer.
+AUTHORS_COUNTS = {"ddrnet23": 28_216_616, "ddrnet23_slim": 7_574_664, "ddrnet39": 40_130_344}
+STEM_BIAS = {"ddrnet23": 128, "ddrnet23_slim": 64, "ddrnet39": 128}
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return {(name, v): create_model(name, variant=v) for name in AUTHORS_COUNTS for v in ("zoo", "authors")}
+
+
+def _layout(net) -> list[tuple[str, tuple[int, ...]]]:
+    return [(p.name, tuple(p.shape)) for p in net.get_parameters()]
+
+
+def test_list_models():
+    assert list_models() == ["ddrnet23", "ddrnet23_slim", "ddrnet39"]
+
+
+def test_unknown_name_lists_known_models():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet50'.*ddrnet23, ddrnet23_slim, ddrnet39"):
+        create_model("resnet50")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"variant": "timm"}, "unknown weight variant 'timm'; known variants: zoo, authors"),
+        ({"num_classes": 0}, "num_classes must be a positive integer"),
+        ({"drop_path_rate": 1.0}, "drop_path_rate must be in"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create_model("ddrnet23_slim", **kwargs)
+
+
+@pytest.mark.parametrize("name", ["ddrnet23", "ddrnet23_slim", "ddrnet39"])
+@pytest.mark.parametrize("variant", ["zoo", "authors"])
+def test_trainable_parameter_counts(nets, name, variant):
+    net = nets[(name, variant)]
+    count = sum(int(np.prod(p.shape)) for p in net.trainable_params())
+    expected = AUTHORS_COUNTS[name] - (STEM_BIAS[name] if variant == "zoo" else 0)
+    assert count == expected
+    assert net.variant == variant and net.arch == name
+
+
+def test_zoo_layout_equals_the_published_checkpoint(nets):
+    assert _layout(nets[("ddrnet23", "zoo")]) == reference("ddrnet23_zoo_parameters.json")
+
+
+@pytest.mark.parametrize("name", ["ddrnet23", "ddrnet23_slim", "ddrnet39"])
+def test_authors_state_dict_maps_one_to_one(nets, name):
+    net = nets[(name, "authors")]
+    torch_layout = reference(f"{name}_authors_pytorch_state_dict.json")
+    state = {n: np.zeros(s, np.float32) for n, s in torch_layout}
+    targets = dict(_layout(net))
+    mapped = map_authors_state_dict(state, targets)
+    assert list(mapped) == list(targets)
+    # 1:1: every torch tensor but the BN step counters became exactly one network parameter.
+    assert len(mapped) == sum(not n.endswith("num_batches_tracked") for n, _ in torch_layout)
+
+
+def test_authors_layout_rejects_another_architecture(nets):
+    state = {n: np.zeros(s, np.float32) for n, s in reference("ddrnet39_authors_pytorch_state_dict.json")}
+    expected = r"missing: layer3\.0\.conv1\.weight, .*does not have: layer1\.2\.conv1\.weight"
+    with pytest.raises(ConvertError, match=expected):
+        map_authors_state_dict(state, dict(_layout(nets[("ddrnet23", "authors")])))
+
+
+def test_num_classes_sets_the_head():
+    net = create_model("ddrnet23_slim", num_classes=10)
+    shapes = {p.name: tuple(p.shape) for p in net.get_parameters()}
+    assert shapes["linear.weight"] == (10, 1024) and shapes["linear.bias"] == (10,)
+
+
+def test_bn_settings_follow_each_source(nets):
+    zoo, authors = nets[("ddrnet23_slim", "zoo")], nets[("ddrnet23_slim", "authors")]
+
+    def api_momentum(bn):  # nn.BatchNorm2d keeps 1 - momentum (the op's convention) as .momentum
+        return 1.0 - bn.momentum
+
+    assert api_momentum(zoo.layer5[0].bn3) == pytest.approx(0.1)  # the zoo's Bottleneck bn3
+    assert api_momentum(authors.layer5[0].bn3) == pytest.approx(0.9)  # = PyTorch momentum 0.1
+    assert api_momentum(zoo.layer1[0].bn1) == pytest.approx(0.9)
+    assert zoo.layer1[0].bn1.eps == pytest.approx(1e-5)
+
+
+def test_drop_path_schedule_is_linear_over_blocks():
+    rates = _drop_path_schedule((3, 4, 6, 3), 0.2)
+    flat = [r for stage in rates for r in stage]
+    assert [len(s) for s in rates] == [3, 4, 6, 3, 1]
+    np.testing.assert_allclose(flat, np.linspace(0.0, 0.2, 17))
+    net = create_model("ddrnet23_slim", drop_path_rate=0.1)
+    assert net.layer1[0].drop_path.rate == 0.0
+    assert net.layer5[0].drop_path.rate == pytest.approx(0.1)
+    assert net.layer3_[1].drop_path.rate == net.layer3[1].drop_path.rate > 0
+
+
+def test_default_eval_config_needs_no_mindspore():
+    code = (
+        "import sys; from model.registry import default_eval_config as d; "
+        "c = d('ddrnet23'); assert 'mindspore' not in sys.modules, 'mindspore imported'; print(c)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert default_eval_config("ddrnet39") == {
+        "image_size": 224,
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "resize_mode": "squash",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
+    with pytest.raises(ValueError, match="unknown model 'x'"):
+        default_eval_config("x")
