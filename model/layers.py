@@ -56,10 +56,9 @@ def bilinear_matrix(n_in: int, n_out: int, half_pixel_centers: bool) -> np.ndarr
 @ms.constexpr
 def _resize_constants(h_in, w_in, h_out, w_out, half_pixel_centers, dtype):
     """(R_h, R_wᵀ) as constant tensors of ``dtype``; evaluated at compile time in GRAPH mode."""
-    np_dtype = ms.dtype_to_nptype(dtype)
-    r_h = bilinear_matrix(h_in, h_out, half_pixel_centers).astype(np_dtype)
-    r_wt = bilinear_matrix(w_in, w_out, half_pixel_centers).T.astype(np_dtype)
-    return Tensor(r_h), Tensor(r_wt)
+    r_h = bilinear_matrix(h_in, h_out, half_pixel_centers)
+    r_wt = np.ascontiguousarray(bilinear_matrix(w_in, w_out, half_pixel_centers).T)
+    return Tensor(r_h, dtype=dtype), Tensor(r_wt, dtype=dtype)
 
 
 def resize_bilinear_like(x: Tensor, like: Tensor, half_pixel_centers: bool) -> Tensor:

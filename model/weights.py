@@ -92,14 +92,11 @@ def load_state_into_net(
         raise WeightLoadError(f"{source}: {len(missing)} network parameter(s) missing: " + _list(missing))
     if missing:
         log.info("%s: %d parameter(s) left at their initial values: %s", source, len(missing), _list(missing))
-    to_load = {
-        n: ms.Parameter(ms.Tensor(state[n].astype(ms.dtype_to_nptype(p.dtype))), name=n)
-        for n, p in params.items()
-        if n in state and not _matches(n, excluded)
-    }
-    not_loaded, _ = ms.load_param_into_net(net, to_load, strict_load=True)
-    if not_loaded and strict:  # cannot happen after the checks above; kept as a guard
-        raise WeightLoadError(f"{source}: MindSpore did not load: " + _list(list(not_loaded)))
+    # Names and shapes are checked above; set_data (rather than load_param_into_net) keeps excluded
+    # parameters out of MindSpore's "not loaded" warnings and casts to the parameter's dtype.
+    for n, p in params.items():
+        if n in state and not _matches(n, excluded):
+            p.set_data(ms.Tensor(state[n], dtype=p.dtype))
     extra = sorted(n for n in state if n not in params)
     if extra:
         log.debug("%s: ignored %d non-network entries (e.g. %s)", source, len(extra), _list(extra))
