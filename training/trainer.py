@@ -1,0 +1,393 @@
+"""The training loop: model, AMP, optimizer, loss scale, clipping, epochs, eval, checkpoints, resume.
+
+One :class:`Trainer` per process. Under msrun every worker runs the same loop on its data shard;
+gradients are averaged in the step; rank 0 alone writes the run directory (config, run.json,
+labels, log, checkpoints). The train step (forward, scaled loss, gradients, all-reduce, unscale,
+finite check, dynamic scale update, global-norm clip, optimizer) is one function, compiled with
+``mindspore.jit`` when ``jit`` is on. The learning rate is set from the per-step schedule before
+every step, so the step counter alone fixes the LR position.
+
+Run directory (``output_dir``): ``config.yaml`` (resolved config), ``run.json`` (what export needs:
+arch, num_classes, labels, model_variant, eval preprocess, best/latest checkpoint), ``labels.txt``,
+``log.jsonl``, ``checkpoints/`` (see ``training.checkpointing``), ``bad_images.txt`` when any image
+could not be decoded.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from training import checkpointing as ckpt
+from training.config import TrainConfig
+from training.data import (
+    BadImageLog,
+    DataError,
+    check_splits,
+    resolve_class_labels,
+    scan_split,
+    steps_per_epoch,
+    train_dataset,
+)
+from training.distributed import DistInfo, grad_reducer
+from training.progress import EpochProgress, JsonlLog, epoch_summary
+from training.schedules import build_lr_schedule, lr_scale
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+LOG_FILE = "log.jsonl"
+LABELS_FILE = "labels.txt"
+BAD_IMAGES_FILE = "bad_images.txt"
+
+
+class TrainingError(RuntimeError):
+    """A run cannot start or continue (bad resume target, corrupt image in fail mode, ...)."""
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def build_network(cfg: TrainConfig):
+    """(network as created — parameters under their export names, network prepared for AMP)."""
+    from model import create_model
+    from training.device import apply_amp
+
+    net = create_model(cfg.arch, num_classes=cfg.num_classes, drop_path_rate=cfg.drop_path_rate,
+                       variant=cfg.model_variant)
+    return net, apply_amp(net, cfg.amp_level, cfg.keep_bn_fp32)
+
+
+def build_loss_scaler(cfg: TrainConfig):
+    from mindspore import amp
+
+    if cfg.is_dynamic_loss_scale:
+        return amp.DynamicLossScaler(cfg.dynamic_scale_init, cfg.dynamic_scale_factor,
+                                     cfg.dynamic_scale_window)
+    return amp.StaticLossScaler(cfg.loss_scale)
+
+
+class _StaticScaleState:
+    """StaticLossScaler keeps a float; checkpoints want Parameters (same names as the dynamic one)."""
+
+    def __init__(self, scaler) -> None:
+        import mindspore as ms
+
+        self.scale_value = scaler.scale_value
+        self.counter = ms.Parameter(ms.Tensor(0, ms.int32), name="loss_scale.counter", requires_grad=False)
+
+
+def make_train_step(cfg: TrainConfig, net_amp, optimizer, scaler, reducer):
+    """The per-step function ``(images, targets) -> (loss, grads_finite)``."""
+    import mindspore as ms
+    from mindspore import amp, ops
+
+    from training.loss import SoftTargetCrossEntropy
+
+    loss_fn = SoftTargetCrossEntropy()
+    dynamic = cfg.is_dynamic_loss_scale
+    clip = cfg.clip_global_norm
+    clip_value = float(cfg.clip_global_norm_value)
+
+    def forward(images, targets):
+        loss = loss_fn(net_amp(images), targets)
+        return scaler.scale(loss), loss
+
+    grad_fn = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=True)
+
+    def train_step(images, targets):
+        (_, loss), grads = grad_fn(images, targets)
+        grads = reducer(grads)
+        grads = scaler.unscale(grads)
+        finite = amp.all_finite(grads)
+        if dynamic:
+            scaler.adjust(finite)
+        if finite:
+            if clip:
+                grads = ops.clip_by_global_norm(grads, clip_value)
+            optimizer(grads)
+        return loss, finite
+
+    return ms.jit(train_step) if cfg.jit else train_step
+
+
+class Trainer:
+    """Builds everything for ``cfg`` and runs the epochs. Call :meth:`run`."""
+
+    def __init__(self, cfg: TrainConfig, dist: DistInfo | None = None, *, resume: str | bool | None = None,
+                 show_bar: bool | None = None) -> None:
+        self.cfg = cfg
+        self.dist = dist or DistInfo()
+        self.resume = resume
+        self.show_bar = sys.stderr.isatty() if show_bar is None else show_bar
+        self.out = Path(cfg.output_dir)
+        self.ckpts = ckpt.CheckpointManager(self.out / "checkpoints", cfg.ckpt_keep_last)
+
+    # ------------------------------------------------------------------ setup
+    def _prepare_data(self) -> None:
+        cfg = self.cfg
+        root = Path(cfg.data_url)
+        if not root.is_dir():
+            raise DataError(f"data_url: dataset folder not found: {root}")
+        self.train_split = scan_split(root / cfg.train_split)
+        self.val_split = scan_split(root / cfg.val_split)
+        check_splits(cfg, self.train_split, self.val_split)
+        self.labels = resolve_class_labels(root, self.train_split.classes)
+        spe = steps_per_epoch(len(self.train_split), cfg.batch_size, self.dist.world_size)
+        if spe < 1:
+            raise DataError(
+                f"batch_size: {cfg.batch_size} x {self.dist.world_size} worker(s) is more than the "
+                f"{len(self.train_split)} train images (no full batch per epoch)"
+            )
+        if cfg.max_steps_per_epoch:
+            spe = min(spe, cfg.max_steps_per_epoch)
+        self.steps_per_epoch = spe
+        self.total_steps = spe * cfg.epochs
+
+    def _prepare_run_dir(self) -> None:
+        if not self.dist.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.ckpts.folder.mkdir(parents=True, exist_ok=True)
+        self.ckpts.clean_partials()
+        _atomic_write_text(self.out / CONFIG_FILE, self.cfg.to_yaml())
+        from model.labels import write_labels_file
+
+        write_labels_file(self.out / LABELS_FILE, self.labels)
+        self._write_run_json(status="running")
+
+    def _run_info(self, status: str, **extra: Any) -> dict[str, Any]:
+        import mindspore as ms
+
+        cfg = self.cfg
+        best = self.ckpts.folder / ckpt.BEST_NAME
+        latest = self.ckpts.folder / ckpt.LATEST_NAME
+        return {
+            "status": status,
+            "arch": cfg.arch,
+            "num_classes": cfg.num_classes,
+            "labels": self.labels,
+            "model_variant": cfg.model_variant,
+            "preprocess": cfg.eval_preprocess(),
+            "checkpoint_best": str(best.relative_to(self.out)) if best.exists() else None,
+            "checkpoint_latest": str(latest.relative_to(self.out)) if latest.exists() else None,
+            "best_top1": self.state.best_top1 if self.state.best_top1 >= 0 else None,
+            "best_epoch": self.state.best_epoch if self.state.best_epoch >= 0 else None,
+            "epochs_done": self.state.epoch,
+            "steps_done": self.state.step,
+            "world_size": self.dist.world_size,
+            "global_batch": cfg.batch_size * self.dist.world_size,
+            "train_images": len(self.train_split),
+            "val_images": len(self.val_split),
+            "data_url": str(Path(cfg.data_url).resolve()),
+            "mindspore_version": ms.__version__,
+            "updated_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            **extra,
+        }
+
+    def _write_run_json(self, status: str, **extra: Any) -> None:
+        if self.dist.is_main:
+            info = self._run_info(status, **extra)
+            _atomic_write_text(self.out / RUN_FILE, json.dumps(info, indent=2) + "\n")
+
+    def _build(self) -> None:
+        import mindspore as ms
+
+        from training.optim import build_optimizer
+
+        cfg = self.cfg
+        ms.set_seed(cfg.seed)  # same initial weights on every rank
+        self.net, self.net_amp = build_network(cfg)
+        self.lrs = build_lr_schedule(cfg, self.steps_per_epoch, self.dist.world_size)
+        self.optimizer = build_optimizer(cfg, self.net, float(self.lrs[0]))
+        self.scaler = build_loss_scaler(cfg)
+        self.scale_state = self.scaler if cfg.is_dynamic_loss_scale else _StaticScaleState(self.scaler)
+        reducer = grad_reducer(self.optimizer.parameters, self.dist)
+        self.train_step = make_train_step(cfg, self.net_amp, self.optimizer, self.scaler, reducer)
+
+    def _resume(self) -> None:
+        self.state = ckpt.TrainState(world_size=self.dist.world_size, seed=self.cfg.seed,
+                                     steps_per_epoch=self.steps_per_epoch)
+        if not self.resume:
+            return
+        if isinstance(self.resume, str):
+            candidates = [Path(self.resume)]
+        else:
+            candidates = self.ckpts.resume_candidates()
+            if not candidates:
+                raise TrainingError(f"--resume: no checkpoint in {self.ckpts.folder}")
+        errors = []
+        for path in candidates:
+            try:
+                state = ckpt.restore(path, self.net, self.optimizer, self.scale_state)
+            except ckpt.CheckpointError as exc:
+                if isinstance(self.resume, str):
+                    raise TrainingError(f"--resume: {exc}") from None
+                log.warning("skipping unusable checkpoint: %s", exc)
+                errors.append(str(exc))
+                continue
+            self._check_resumable(path, state)
+            self.state = state
+            self.resumed_from = path
+            return
+        raise TrainingError("--resume: no usable checkpoint: " + "; ".join(errors))
+
+    def _check_resumable(self, path: Path, state: ckpt.TrainState) -> None:
+        if state.steps_per_epoch != self.steps_per_epoch or state.world_size != self.dist.world_size:
+            raise TrainingError(
+                f"--resume: {path} was written with {state.steps_per_epoch} steps/epoch on "
+                f"{state.world_size} worker(s); this run has {self.steps_per_epoch} on "
+                f"{self.dist.world_size} (change batch_size/workers back to resume exactly)"
+            )
+        if state.epoch >= self.cfg.epochs:
+            raise TrainingError(f"--resume: {path} already finished all {self.cfg.epochs} epochs "
+                                "(raise epochs with --set epochs=N to train further)")
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict[str, Any]:
+        """Train to ``epochs``; returns the final state and last val metrics."""
+        import mindspore as ms
+
+        from training.optim import set_lr
+
+        cfg = self.cfg
+        self._prepare_data()
+        self._build()
+        self.resumed_from = None
+        self._resume()
+        self._prepare_run_dir()
+        main = self.dist.is_main
+        self.jlog = JsonlLog(self.out / LOG_FILE if main else None)
+        self.bad_log = BadImageLog(self.out / BAD_IMAGES_FILE if main else
+                                   self.out / f".bad_images.rank{self.dist.rank}.txt")
+        global_batch = cfg.batch_size * self.dist.world_size
+        self.jlog.write("start", resumed_from=str(self.resumed_from) if self.resumed_from else None,
+                        epoch=self.state.epoch, step=self.state.step, steps_per_epoch=self.steps_per_epoch,
+                        world_size=self.dist.world_size, global_batch=global_batch,
+                        lr_scale=lr_scale(global_batch), train_images=len(self.train_split),
+                        val_images=len(self.val_split))
+        if main:
+            what = f"resuming from {self.resumed_from} at epoch {self.state.epoch + 1}" if self.resumed_from \
+                else "starting"
+            self._say(f"{what}: {cfg.arch} on {len(self.train_split)} train / {len(self.val_split)} val "
+                      f"images, {cfg.num_classes} classes, {self.dist.world_size} worker(s) x batch "
+                      f"{cfg.batch_size}, "
+                      f"{self.steps_per_epoch} steps/epoch, {cfg.epochs} epochs")
+        metrics: dict[str, float] | None = None
+        while self.state.epoch < cfg.epochs:
+            epoch = self.state.epoch
+            progress = EpochProgress(epoch, cfg.epochs, self.steps_per_epoch, global_batch, enabled=main,
+                                     show_bar=self.show_bar, log=self.jlog, log_every=cfg.log_every_steps,
+                                     initial=self.state.step_in_epoch)
+            data = train_dataset(cfg, self.train_split, epoch, self.bad_log, rank=self.dist.rank,
+                                 world_size=self.dist.world_size, skip_batches=self.state.step_in_epoch)
+            iterator = data.create_tuple_iterator(num_epochs=1, output_numpy=True)
+            lr = float(self.lrs[min(self.state.step, len(self.lrs) - 1)])
+            bad_seen = self.bad_log.size()
+            try:
+                for images, targets in iterator:
+                    if self.state.step_in_epoch >= self.steps_per_epoch:
+                        break
+                    lr = float(self.lrs[min(self.state.step, len(self.lrs) - 1)])
+                    set_lr(self.optimizer, lr)
+                    loss, finite = self.train_step(ms.Tensor(images), ms.Tensor(targets))
+                    self.state.step += 1
+                    self.state.step_in_epoch += 1
+                    loss_value = float(loss.asnumpy())
+                    if not math.isfinite(loss_value) and cfg.amp_level == "O0":
+                        raise TrainingError(f"loss became {loss_value} at step {self.state.step} "
+                                            "(lower base_lr or enable clip_global_norm)")
+                    scale = float(self.scale_state.scale_value.asnumpy())
+                    progress.update(self.state.step, loss_value, lr, scale, overflow=not bool(finite))
+                    if self.bad_log.size() != bad_seen:
+                        bad_seen = self._check_bad_images()
+                    if (cfg.ckpt_every_steps and self.state.step % cfg.ckpt_every_steps == 0
+                            and self.state.step_in_epoch < self.steps_per_epoch):
+                        self._save(is_best=False)
+            finally:
+                iterator.stop()
+            seconds = progress.close()
+            if self.state.step_in_epoch < self.steps_per_epoch:
+                self._check_bad_images()
+            self.state.epoch += 1
+            self.state.step_in_epoch = 0
+            last = self.state.epoch == cfg.epochs
+            metrics = None
+            if last or self.state.epoch % cfg.eval_every_epochs == 0:
+                metrics = self.evaluate()
+            is_best = bool(metrics is not None and metrics["top1"] > self.state.best_top1)
+            if is_best:
+                self.state.best_top1, self.state.best_epoch = float(metrics["top1"]), self.state.epoch
+            skipped = len(self.bad_log.entries()) if main else 0
+            if last or (cfg.ckpt_every_epochs and self.state.epoch % cfg.ckpt_every_epochs == 0):
+                self._save(is_best=is_best)
+            elif is_best:
+                self._save(is_best=True)
+            if main:
+                self._say(epoch_summary(self.state.epoch, cfg.epochs, loss=progress.mean_loss, lr=lr,
+                                        img_per_s=progress.images_per_second, seconds=seconds,
+                                        metrics=metrics, skipped=skipped))
+                self.jlog.write("epoch", epoch=self.state.epoch, step=self.state.step,
+                                loss=round(progress.mean_loss, 6), lr=lr,
+                                img_per_s=round(progress.images_per_second, 2), seconds=round(seconds, 2),
+                                val=metrics, skipped_images=skipped)
+                self._write_run_json("running", last_val=metrics)
+        self._write_run_json("finished", last_val=metrics)
+        self.jlog.write("finish", epoch=self.state.epoch, step=self.state.step,
+                        best_top1=self.state.best_top1, last_val=metrics)
+        self.jlog.close()
+        return {"epoch": self.state.epoch, "step": self.state.step, "best_top1": self.state.best_top1,
+                "best_epoch": self.state.best_epoch, "last_val": metrics}
+
+    def _say(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def _check_bad_images(self) -> int:
+        """Apply ``corrupt_images``: fail naming the path, or note the skip. Returns the log size seen."""
+        entries = self.bad_log.entries()
+        if entries and self.cfg.corrupt_images == "fail":
+            path, reason = entries[0]
+            more = ""
+            if len(entries) > 1:
+                more = f" (and {len(entries) - 1} more, listed in {self.bad_log.path})"
+            raise DataError(f"corrupt image {path}: {reason}{more}; fix or remove it, or set "
+                            "corrupt_images: skip")
+        if entries:
+            self.jlog.write("skipped_images", count=len(entries), list=self.bad_log.path)
+            log.warning("skipping %d undecodable image(s), listed in %s", len(entries), self.bad_log.path)
+        return self.bad_log.size()
+
+    def _save(self, is_best: bool) -> None:
+        if not self.dist.is_main:
+            return
+        path = self.ckpts.save(self.net, self.optimizer, self.scale_state, self.state, is_best)
+        self.jlog.write("checkpoint", path=str(path), epoch=self.state.epoch, step=self.state.step,
+                        best=is_best)
+
+    def evaluate(self) -> dict[str, float]:
+        from training.evaluate import evaluate
+
+        metrics = evaluate(self.net_amp, self.cfg, self.val_split, self.dist, self.bad_log, show_bar=False)
+        if self.bad_log.size():
+            self._check_bad_images()
+        return metrics
+
+
+def copy_config_file(src: str | os.PathLike[str], run_dir: Path) -> None:
+    """Keep the user's original config file beside the resolved one (``config.source.yaml``)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, run_dir / "config.source.yaml")
