@@ -6,11 +6,15 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from model.preprocess import ERROR_REASONS, EvalTransform, ImageError, PreprocessConfig
+
+# Pillow warns about the damaged metadata it skips; that is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 SIZE = 32
 TRANSFORMS = {
