@@ -221,7 +221,11 @@ def decode_image(
     """Decode encoded bytes into a loaded PIL image (first frame, mode as decoded).
 
     The declared width × height is checked against ``max_pixels`` before the pixel data is decoded.
-    Raises :class:`ImageDecodeError` or :class:`ImageTooLargeError`.
+    Raises :class:`ImageDecodeError` or :class:`ImageTooLargeError`. Pillow's own guard still runs
+    inside ``Image.open``: its ``DecompressionBombError`` (over 2 × ``Image.MAX_IMAGE_PIXELS``) becomes
+    an :class:`ImageTooLargeError`; its ``DecompressionBombWarning`` (over ``MAX_IMAGE_PIXELS``) can
+    only appear when ``max_pixels`` was raised above that on purpose, and is left as a warning
+    (turning it into an error would need ``warnings.catch_warnings``, which is not thread-safe).
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"image data must be bytes, got {type(data).__name__}")
