@@ -463,6 +463,7 @@ def _verify_all(
             records["lite"] = failed_record(exc, tolerance, len(batch))
         records["lite"].update(
             runtime="lite",
+            threads=1,
             converted_from=str(lite_convert_info.get("fmk", "")),
             model_type=str(lite_convert_info.get("model_type", "MINDIR")),
         )
