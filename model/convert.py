@@ -16,6 +16,7 @@ an error too (it means the file is another architecture).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +56,7 @@ def read_torch_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError (not a zip/pickle), EOFError, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConvertError(f"cannot read {path} as a PyTorch state dict (weights_only): {first}") from exc
+        raise ConvertError(f"cannot read {path} as a PyTorch state dict: {_torch_load_reason(exc)}") from exc
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -175,6 +175,15 @@ def _ms_name(key: str, targets: dict[str, tuple[int, ...]]) -> str | None:
         if name in targets:
             return name
     return None
+
+
+def _torch_load_reason(exc: Exception) -> str:
+    """One line from torch.load's (often multi-paragraph) error."""
+    text = str(exc).strip()
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if match:
+        return f"it holds a {match.group(1)} object, which is not unpickled (torch.load weights_only=True)"
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _list(names: list[str]) -> str:
