@@ -1,8 +1,8 @@
 """DDRNet ImageNet classifiers (MindSpore) and the one eval preprocessing.
 
 Importing ``model`` is cheap and pulls in no MindSpore: the network names below are resolved lazily,
-so the server and the Python 3.7 Lite worker can use ``model.preprocess`` and ``model.repository``
-without loading MindSpore.
+so the server process can use ``model.preprocess`` and ``model.repository`` without loading
+MindSpore (``model.repository`` also stays importable by the Python 3.7 Lite worker).
 """
 
 from __future__ import annotations
