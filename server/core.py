@@ -1,0 +1,393 @@
+"""The protocol-free service core (MLServer's ``DataPlane``): the HTTP and gRPC front ends only
+convert their wire formats into calls here and the results back.
+
+Owns: health (live / ready / model ready), server and model metadata, ``classify`` (encoded images
+→ top-k predictions) and ``infer`` (Open Inference Protocol v2: one input, either ``images``, BYTES
+``[N]`` of encoded images, or the model's FP32 ``[N, 3, S, S]`` tensor, already preprocessed →
+logits), request deadlines, the shutdown switch, and the request metrics (``requests_total``,
+``request_duration_seconds``, ``inflight_requests``, ``preprocess_duration_seconds``,
+``rejected_total``). Everything it raises is a :class:`~server.errors.ServingError`.
+
+The order inside a request keeps overload cheap: the model's queue is asked for room
+(:meth:`~server.batcher.Batcher.reserve`) *before* any image is decoded, so a full queue refuses a
+request at once; the images are then preprocessed with the transform of the version that will run
+them (the reservation's), queued, batched and answered with that version's name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from typing import Any, TypeVar
+
+import numpy as np
+
+from server.errors import ErrorKind, ServingError, from_exception
+from server.metrics import UNKNOWN_MODEL, ServerMetrics, code_label
+from server.model_manager import IMAGES_INPUT, ModelManager, ServedModel, ServedVersion
+from server.postprocess import Prediction, check_top_k, top_k
+from server.preprocessing import Preprocessor
+from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "ddrnet-serve"
+EXTENSIONS = ("binary_tensor_data", "health", "metadata")
+CANCELLED_CODES = {"http": "499", "grpc": "CANCELLED"}  # client went away (nginx's 499)
+
+T = TypeVar("T")
+
+
+def server_version() -> str:
+    try:
+        return importlib_metadata.version("ddrnet-serve")
+    except importlib_metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+# -- results ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """Top-k predictions per request image (request order) and the model version that made them."""
+
+    model: str
+    version: str
+    results: list[list[Prediction]]
+
+
+@dataclass(frozen=True)
+class TensorMetadata:
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    labels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class InferInput:
+    """One decoded OIP input tensor: ``data`` is a numpy array (numeric types, already in ``shape``)
+    or a list of bytes (BYTES, flattened)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray | list[bytes]
+
+
+@dataclass
+class InferOutput:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[InferOutput]
+
+    @property
+    def version(self) -> str:
+        return self.model_version
+
+
+@dataclass
+class _Call:
+    """Bookkeeping of one request for its metrics (the version, once the queue assigned one)."""
+
+    version: str = ""
+
+
+# -- the data plane -----------------------------------------------------------------------------------
+
+
+class DataPlane:
+    """One service core for both protocols; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        manager: ModelManager,
+        preprocessor: Preprocessor,
+        metrics: ServerMetrics,
+    ) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.preprocessor = preprocessor
+        self.metrics = metrics
+        self.draining = False
+        self.version = server_version()
+
+    # -- health and metadata -----------------------------------------------------------------------
+
+    def live(self) -> bool:
+        """The process answers (liveness)."""
+        return True
+
+    def ready(self) -> bool:
+        """Models loaded and warmed, every served model has a ready instance, not shutting down."""
+        return not self.draining and self.manager.ready
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether ``name`` (at ``version``, when given) can take requests; NOT_FOUND when unknown."""
+        served = self.manager.get(name, version)
+        return not self.draining and served.ready
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": self.version, "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        served = self.manager.get(name, version)
+        cur = served.current
+        return ModelMetadata(
+            name=name,
+            versions=[cur.version],
+            platform=cur.runtime,
+            inputs=[
+                TensorMetadata(cur.input_name, "FP32", [-1, *cur.item_shape]),
+                TensorMetadata(IMAGES_INPUT, "BYTES", [-1]),
+            ],
+            outputs=[TensorMetadata(cur.output_name, "FP32", [-1, cur.num_classes])],
+            labels=list(cur.labels),
+        )
+
+    def begin_shutdown(self) -> None:
+        """Stop accepting: readiness turns false, new requests get UNAVAILABLE."""
+        self.draining = True
+
+    # -- deadlines ---------------------------------------------------------------------------------
+
+    def deadline(self, client_timeout_s: float | None = None) -> float:
+        """``time.monotonic()`` deadline: the server's request timeout, or the client's when shorter."""
+        timeout = self.settings.request_timeout_ms / 1000.0
+        if client_timeout_s is not None and math.isfinite(client_timeout_s):
+            timeout = min(timeout, max(0.0, client_timeout_s))
+        return time.monotonic() + timeout
+
+    # -- classify ----------------------------------------------------------------------------------
+
+    async def classify(
+        self,
+        images: Sequence[bytes],
+        *,
+        model: str,
+        version: str | None = None,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+        protocol: str,
+    ) -> ClassifyResult:
+        """Top-k predictions for encoded ``images`` with model ``model`` (and ``version``, if given)."""
+        return await self._accounted(
+            model, protocol, lambda call: self._classify(call, images, model, version, top_k, timeout_s)
+        )
+
+    async def _classify(
+        self,
+        call: _Call,
+        images: Sequence[bytes],
+        model: str,
+        version: str | None,
+        k: int | None,
+        timeout_s: float | None,
+    ) -> ClassifyResult:
+        served = self._admit(model, version)
+        self._check_count(len(images))
+        check_top_k(k, served.current.num_classes)
+        deadline = self.deadline(timeout_s)
+        with served.batcher.reserve(len(images), deadline=deadline) as reservation:
+            call.version = reservation.version
+            info = served.version(reservation.version)
+            arrays = await self._preprocess(info, images)
+            result = await reservation.infer(list(arrays))
+        logits = np.stack(result.outputs)
+        predictions = top_k(logits, check_top_k(k, info.num_classes), info.labels)
+        return ClassifyResult(model=model, version=result.version, results=predictions)
+
+    # -- infer (Open Inference Protocol v2) ----------------------------------------------------------
+
+    async def infer(
+        self,
+        *,
+        model: str,
+        version: str | None,
+        inputs: Sequence[InferInput],
+        outputs: Sequence[str] | None = None,
+        request_id: str = "",
+        timeout_s: float | None = None,
+        protocol: str,
+    ) -> InferResponse:
+        """Logits for one OIP v2 request (see the module docstring for the accepted inputs)."""
+        return await self._accounted(
+            model, protocol,
+            lambda call: self._infer(call, model, version, inputs, outputs, request_id, timeout_s),
+        )
+
+    async def _infer(
+        self,
+        call: _Call,
+        model: str,
+        version: str | None,
+        inputs: Sequence[InferInput],
+        outputs: Sequence[str] | None,
+        request_id: str,
+        timeout_s: float | None,
+    ) -> InferResponse:
+        served = self._admit(model, version)
+        cur = served.current
+        tensor_hint = f"'{cur.input_name}' (FP32 {[-1, *cur.item_shape]})"
+        accepted = f"{tensor_hint} or '{IMAGES_INPUT}' (BYTES [-1] of encoded images)"
+        if len(inputs) != 1:
+            raise _invalid(f"model {model!r} takes exactly one input, {accepted}; got {len(inputs)}")
+        inp = inputs[0]
+        for name in outputs or ():
+            if name != cur.output_name:
+                raise _invalid(f"model {model!r} has no output {name!r} (outputs: '{cur.output_name}')")
+        if inp.name == IMAGES_INPUT:
+            images = _bytes_input(inp)
+            count = len(images)
+        elif inp.name == cur.input_name:
+            tensor = _tensor_input(inp, cur)
+            count = int(tensor.shape[0])
+        else:
+            raise _invalid(f"model {model!r} has no input {inp.name!r}; send {accepted}")
+        self._check_count(count)
+        deadline = self.deadline(timeout_s)
+        with served.batcher.reserve(count, deadline=deadline) as reservation:
+            call.version = reservation.version
+            info = served.version(reservation.version)
+            if inp.name == IMAGES_INPUT:
+                arrays = await self._preprocess(info, images)
+            else:
+                if tuple(tensor.shape[1:]) != info.item_shape:  # a hot swap changed the input size
+                    raise _invalid(
+                        f"input {inp.name!r} has shape {list(tensor.shape)}; model {model!r} version "
+                        f"{info.version} takes {[-1, *info.item_shape]}"
+                    )
+                arrays = tensor
+            result = await reservation.infer(list(arrays))
+        logits = np.ascontiguousarray(np.stack(result.outputs), dtype=np.float32)
+        output = InferOutput(info.output_name, "FP32", list(logits.shape), logits)
+        return InferResponse(model, result.version, request_id, [output])
+
+    # -- shared steps --------------------------------------------------------------------------------
+
+    def _admit(self, model: str, version: str | None) -> ServedModel:
+        if self.draining:
+            self._reject(model, "shutting_down")
+            raise ServingError(ErrorKind.UNAVAILABLE, "server is shutting down", reason="shutting_down")
+        if not self.manager.started:
+            self._reject(model, "not_ready")
+            raise ServingError(
+                ErrorKind.UNAVAILABLE, "server is starting: models are being loaded", reason="not_ready"
+            )
+        return self.manager.get(model, version)
+
+    def _check_count(self, count: int) -> None:
+        if count < 1:
+            raise _invalid("request has no images")
+        limit = self.settings.max_images_per_request
+        if count > limit:
+            raise ServingError(
+                ErrorKind.PAYLOAD_TOO_LARGE,
+                f"request has {count} images; at most {limit} per request",
+                reason="too_many_images",
+            )
+
+    async def _preprocess(self, info: ServedVersion, images: Sequence[bytes]) -> np.ndarray:
+        started = time.monotonic()
+        arrays = await self.preprocessor.run(info.transform, images)
+        self.metrics.preprocess_duration.labels(info.model, info.version).observe(time.monotonic() - started)
+        return arrays
+
+    def _reject(self, model: str, reason: str) -> None:
+        label = model if self.manager.has(model) else UNKNOWN_MODEL
+        self.metrics.rejected_total.labels(label, reason).inc()
+
+    async def _accounted(self, model: str, protocol: str, work: Callable[[_Call], Awaitable[T]]) -> T:
+        """Run ``work`` counting the request: in-flight gauge, duration, final code; every exception
+        leaves as a ServingError (unexpected ones are logged with their traceback, server-side only)."""
+        started = time.monotonic()
+        label = model if self.manager.has(model) else UNKNOWN_MODEL
+        call = _Call()
+        code = code_label(protocol, None)
+        gauge = self.metrics.inflight_requests.labels(label, protocol)
+        gauge.inc()
+        try:
+            return await work(call)
+        except ServingError as err:
+            code = code_label(protocol, err)
+            raise
+        except asyncio.CancelledError:
+            code = CANCELLED_CODES.get(protocol, "cancelled")
+            raise
+        except Exception as exc:
+            log.exception("request to model %s failed unexpectedly", model)
+            err = from_exception(exc)
+            code = code_label(protocol, err)
+            raise err from None
+        finally:
+            gauge.dec()
+            self.metrics.observe_request(label, call.version, protocol, code, time.monotonic() - started)
+
+    def observe_error(self, model: str, protocol: str, err: ServingError, started: float) -> None:
+        """Count a request a front end refused before it reached the core (bad body, auth ...)."""
+        label = model if self.manager.has(model) else UNKNOWN_MODEL
+        elapsed = time.monotonic() - started
+        self.metrics.observe_request(label, "", protocol, code_label(protocol, err), elapsed)
+
+
+# -- input checks -------------------------------------------------------------------------------------
+
+
+def _invalid(message: str) -> ServingError:
+    return ServingError(ErrorKind.INVALID_ARGUMENT, message)
+
+
+def _bytes_input(inp: InferInput) -> list[bytes]:
+    if inp.datatype != "BYTES":
+        raise _invalid(f"input {inp.name!r} must have datatype BYTES (encoded images), got {inp.datatype}")
+    shape = list(inp.shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 0:
+        raise _invalid(f"input {inp.name!r} must have shape [N] or [N, 1], got {shape}")
+    data = inp.data
+    if isinstance(data, np.ndarray):
+        data = [bytes(x) for x in data.reshape(-1)]
+    if len(data) != shape[0]:
+        raise _invalid(f"input {inp.name!r} has shape {shape} but holds {len(data)} elements")
+    return [bytes(x) for x in data]
+
+
+def _tensor_input(inp: InferInput, cur: ServedVersion) -> np.ndarray:
+    expected = [-1, *cur.item_shape]
+    if inp.datatype != "FP32":
+        raise _invalid(f"input {inp.name!r} must have datatype FP32, got {inp.datatype}")
+    shape = list(inp.shape)
+    if len(shape) != len(expected) or shape[0] < 1 or shape[1:] != expected[1:]:
+        raise _invalid(f"input {inp.name!r} must have shape {expected}, got {shape}")
+    if not isinstance(inp.data, np.ndarray):
+        raise _invalid(f"input {inp.name!r} holds no FP32 data")
+    tensor = inp.data
+    if list(tensor.shape) != shape:
+        raise _invalid(f"input {inp.name!r} declares shape {shape} but holds {tensor.size} values")
+    if not np.isfinite(tensor).all():
+        raise _invalid(f"input {inp.name!r} contains NaN or infinite values")
+    return np.asarray(tensor, dtype=np.float32)

@@ -1,0 +1,514 @@
+"""Model repository → served models: loading, warm-up, polling, hot swap, draining.
+
+For every model in the repository (or only those named in ``models``) the manager serves the newest
+*complete* version (``model.repository.check_version``: manifest valid, every file present with its
+recorded size and SHA-256). Serving a version means: its eval transform built from its ``model.json``,
+``instances`` worker processes started with the configured runtime and device, each warmed up with
+one batch at every batch size the batcher can send (:func:`warmup_batch_sizes`), and a
+:class:`~server.batcher.Batcher` in front of them. A model is ready only after all of that.
+
+Polling (every ``poll_interval_s``; 0 = never) hot-swaps a model to a new newest complete version with
+no failed or dropped request: the new version's workers are loaded and warmed while the old ones
+serve, then the batcher switches generation (new requests go to the new version at once), the old
+generation finishes everything already accepted, and only then are its workers stopped. A version
+that fails to load or verify is logged, counted in ``ddrnet_model_load_failures_total``, remembered
+(not retried every poll) and never served; the current version keeps serving. If the current
+version's directory disappears while an older complete version remains, the manager switches to that
+one (deleting a bad version is how an operator rolls back); if the repository directory vanishes
+altogether, every model keeps serving what it has loaded.
+
+At start-up (:meth:`ModelManager.start`) a model whose complete versions all fail to load is a
+start-up error (a missing device, a broken runtime), raised as :class:`StartupError`. An empty
+repository is not: the server starts unready and picks models up when they are published.
+
+Worker deaths are handled by the worker client (restart with backoff); :class:`ManagedInstance`
+makes the batcher wait for a restarting worker instead of failing every batch while it is down, so
+only the batch in flight when a worker dies fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model import repository as repo
+from model.preprocess import EvalTransform
+from server.batcher import Batcher, BatcherConfig
+from server.errors import ErrorKind, ServingError
+from server.metrics import ServerMetrics
+from server.preprocessing import build_transform
+from server.settings import ServerSettings
+from server.worker_client import WorkerInstance
+
+log = logging.getLogger(__name__)
+
+IMAGES_INPUT = "images"  # the OIP v2 BYTES input of encoded images every model also takes
+WARMUP_ALL_SIZES_UP_TO = 16  # above this, warm powers of two and the maximum only
+READY_POLL_S = 0.05
+
+
+class StartupError(RuntimeError):
+    """A model could not be served at start-up; the message names the model and the cause."""
+
+
+def warmup_batch_sizes(max_batch_size: int, preferred: Sequence[int]) -> list[int]:
+    """The batch sizes the batcher can send an instance, each warmed once before serving.
+
+    With static sizes (padding) only those occur; otherwise every size from 1 to ``max_batch_size``
+    (runtimes such as ONNX Runtime plan memory per shape, so the first batch of each size is slow),
+    thinned out to powers of two above :data:`WARMUP_ALL_SIZES_UP_TO`.
+    """
+    if preferred:
+        return sorted({s for s in preferred if 1 <= s <= max_batch_size})
+    if max_batch_size <= WARMUP_ALL_SIZES_UP_TO:
+        return list(range(1, max_batch_size + 1))
+    sizes = {1 << i for i in range(max_batch_size.bit_length()) if (1 << i) <= max_batch_size}
+    return sorted(sizes | {max_batch_size})
+
+
+class ManagedInstance:
+    """A :class:`~server.worker_client.WorkerInstance` as the batcher's model instance.
+
+    While the worker is being restarted after a crash, :meth:`infer` waits (up to ``restart_wait_s``)
+    for it to come back instead of failing at once, so the batcher keeps the queued requests instead
+    of answering them all 503; only the batch in flight when the worker died fails.
+    """
+
+    def __init__(self, worker: WorkerInstance, restart_wait_s: float) -> None:
+        self.worker = worker
+        self.restart_wait_s = restart_wait_s
+        self.stopping = False
+
+    @property
+    def ready(self) -> bool:
+        return self.worker.ready
+
+    @property
+    def fixed_batch_sizes(self) -> list[int] | None:
+        return self.worker.fixed_batch_sizes
+
+    def batch_buffer(self, size: int, item_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return self.worker.batch_buffer(size, item_shape, dtype)
+
+    async def infer(self, batch: np.ndarray) -> np.ndarray:
+        if not self.worker.ready:
+            deadline = time.monotonic() + self.restart_wait_s
+            while not self.worker.ready:
+                if self.stopping or time.monotonic() >= deadline:
+                    raise ServingError(
+                        ErrorKind.UNAVAILABLE, f"instance {self.worker.name} is restarting",
+                        reason="not_ready",
+                    )
+                await asyncio.sleep(READY_POLL_S)
+        return await self.worker.infer(batch)
+
+    async def start(self) -> None:
+        await self.worker.start()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        await self.worker.stop()
+
+
+@dataclass(eq=False)
+class ServedVersion:
+    """One loaded version of a model: manifest, transform and warmed instances."""
+
+    model: str
+    version: str
+    version_dir: Path
+    manifest: repo.ModelManifest
+    transform: EvalTransform
+    instances: list[ManagedInstance]
+    runtime: str
+    device: str
+    load_seconds: float
+
+    @property
+    def labels(self) -> list[str]:
+        return self.manifest.labels
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.num_classes
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest.input.shape[1:])
+
+    @property
+    def input_name(self) -> str:
+        return self.manifest.input.name
+
+    @property
+    def output_name(self) -> str:
+        return self.manifest.output.name
+
+    @property
+    def ready(self) -> bool:
+        return any(instance.ready for instance in self.instances)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "arch": self.manifest.arch,
+            "runtime": self.runtime,
+            "device": self.device,
+            "instances": [instance.worker.describe() for instance in self.instances],
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+
+@dataclass(eq=False)
+class ServedModel:
+    """A model being served: its batcher, the version new requests go to, and versions still draining."""
+
+    name: str
+    batcher: Batcher
+    current: ServedVersion
+    versions: dict[str, ServedVersion] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.current.ready and self.batcher.accepting
+
+    def version(self, version: str) -> ServedVersion:
+        """The loaded version named ``version`` (the one a reservation was made for)."""
+        return self.versions[version]
+
+
+InstanceFactory = Callable[[Path, repo.ModelManifest, int], ManagedInstance]
+
+
+class ModelManager:
+    """Serves the models of ``settings.model_repository``; see the module docstring.
+
+    ``runtime`` overrides ``settings.runtime`` (a ``module:Class`` custom runtime, e.g. a test's fake
+    model: only the operator or a test sets it); ``extra_pythonpath`` is handed to the workers.
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        metrics: ServerMetrics,
+        *,
+        runtime: str | None = None,
+        extra_pythonpath: Sequence[str] = (),
+        instance_factory: InstanceFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.runtime = runtime or settings.runtime
+        self.extra_pythonpath = list(extra_pythonpath)
+        self.repository = Path(settings.model_repository)
+        self.models: dict[str, ServedModel] = {}
+        self.started = False
+        self._factory = instance_factory or self._worker_instance
+        self._failed: dict[tuple[str, int, str], str] = {}  # version key -> why it failed
+        self._reported: set[tuple[str, int, str]] = set()  # incomplete versions already logged
+        self._warned: set[str] = set()
+        self._restarts_seen: dict[int, int] = {}
+        self._poll_task: asyncio.Task | None = None
+        self._closing = False
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Started, at least one model served, and every served model ready (not draining)."""
+        return (
+            self.started and not self._closing and bool(self.models)
+            and all(m.ready for m in self.models.values())
+        )  # fmt: skip
+
+    def has(self, name: str) -> bool:
+        return name in self.models
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The served model ``name``; ServingError NOT_FOUND for an unknown model, or for a version
+        other than the one being served."""
+        served = self.models.get(name)
+        if served is None:
+            raise ServingError(ErrorKind.NOT_FOUND, f"unknown model {name!r}", reason="unknown_model")
+        if version not in (None, "") and version != served.current.version:
+            raise ServingError(
+                ErrorKind.NOT_FOUND,
+                f"model {name!r} has no version {version!r} being served (serving version "
+                f"{served.current.version})",
+                reason="unknown_version",
+            )
+        return served
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [m.current.describe() for m in self.models.values()]
+
+    # -- start-up ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every model's newest complete version. Raises StartupError when a model has complete
+        versions but none of them loads."""
+        scan = await asyncio.to_thread(self._scan)
+        for name, versions in scan.items():
+            if not versions:
+                log.warning("model %s has no complete version yet", name)
+                continue
+            errors: list[str] = []
+            for version, manifest in versions:
+                try:
+                    await self._serve_new_model(name, version, manifest)
+                    break
+                except ServingError as err:
+                    errors.append(f"version {version}: {err.message}")
+            else:
+                raise StartupError(f"model {name!r} could not be loaded: {errors[0]}")
+        if not self.models:
+            log.warning("model repository %s has no servable model yet", self.repository)
+        self.started = True
+
+    # -- polling -----------------------------------------------------------------------------------
+
+    def start_polling(self) -> None:
+        """Poll the repository every ``poll_interval_s`` in the background (nothing when 0)."""
+        if self.settings.poll_interval_s > 0 and self._poll_task is None:
+            self._poll_task = asyncio.get_running_loop().create_task(self._poll_loop())
+
+    async def _poll_loop(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a poll must never take the server down
+                log.exception("repository poll failed; serving continues")
+
+    async def poll_once(self) -> None:
+        """Look at the repository once: load new models, hot-swap changed ones."""
+        scan = await asyncio.to_thread(self._scan)
+        for name in self.models:
+            if name not in scan and name not in self._warned:
+                self._warned.add(name)
+                log.warning("model %s is gone from %s; still serving version %s",
+                            name, self.repository, self.models[name].current.version)
+        for name, versions in scan.items():
+            if self._closing:
+                return
+            self._warned.discard(name)
+            served = self.models.get(name)
+            if served is None:
+                for version, manifest in versions:
+                    try:
+                        await self._serve_new_model(name, version, manifest)
+                        break
+                    except ServingError:
+                        continue
+                continue
+            if not versions:
+                continue
+            version, manifest = versions[0]
+            if str(version) != served.current.version:
+                with contextlib.suppress(ServingError):
+                    await self._swap(served, version, manifest)
+
+    def _scan(self) -> dict[str, list[tuple[int, repo.ModelManifest]]]:
+        """Complete, not-failed versions of each model, newest first (runs in a thread: hashing)."""
+        out: dict[str, list[tuple[int, repo.ModelManifest]]] = {}
+        names = repo.list_models(self.repository)
+        wanted = self.settings.models
+        if wanted:
+            names = [n for n in names if n in wanted]
+        for name in names:
+            found = []
+            for version in reversed(repo.list_versions(self.repository, name)):
+                vdir = repo.version_dir(self.repository, name, version)
+                try:
+                    manifest = repo.check_version(vdir)
+                    if manifest.name != name:
+                        raise repo.IncompleteVersionError(f"{vdir}: model.json names model {manifest.name!r}")
+                except repo.IncompleteVersionError as exc:
+                    self._report_incomplete(name, version, vdir, str(exc))
+                    continue
+                if self._key(name, version, manifest) in self._failed:
+                    continue
+                found.append((version, manifest))
+            out[name] = found
+        return out
+
+    def _report_incomplete(self, name: str, version: int, vdir: Path, why: str) -> None:
+        try:
+            stamp = str(vdir.stat().st_mtime_ns)
+        except OSError:
+            stamp = ""
+        key = (name, version, stamp)
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        log.error("model %s version %d is not complete and will not be served: %s", name, version, why)
+        self.metrics.model_load_failures_total.labels(self._label(name), "incomplete").inc()
+
+    @staticmethod
+    def _key(name: str, version: int, manifest: repo.ModelManifest) -> tuple[str, int, str]:
+        return (name, version, f"{manifest.created_at}/{manifest.source_checkpoint_sha256}")
+
+    def _label(self, name: str) -> str:
+        """Metric label for a model name read from the repository (directory names are validated)."""
+        return name
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def _worker_instance(self, vdir: Path, manifest: repo.ModelManifest, index: int) -> ManagedInstance:
+        s = self.settings
+        worker = WorkerInstance(
+            vdir,
+            manifest.to_dict(),
+            runtime=self.runtime,
+            device=s.device,
+            device_id=s.device_id,
+            threads=s.threads_per_instance,
+            max_batch_size=s.max_batch_size,
+            python=s.runtime_python,
+            name=f"{manifest.name}/{manifest.version}#{index}",
+            warmup_batch_sizes=warmup_batch_sizes(s.max_batch_size, s.preferred_batch_sizes),
+            log_level=s.log_level if s.log_level != "info" else "warning",
+            extra_pythonpath=self.extra_pythonpath,
+        )
+        return ManagedInstance(worker, restart_wait_s=s.request_timeout_ms / 1000.0)
+
+    async def _load_version(self, name: str, version: int, manifest: repo.ModelManifest) -> ServedVersion:
+        """Start and warm the instances of one version. Raises ServingError (logged and counted)."""
+        vdir = repo.version_dir(self.repository, name, version)
+        started = time.monotonic()
+        log.info("model %s: loading version %d from %s", name, version, vdir)
+        try:
+            transform = build_transform(manifest, self.settings.max_image_pixels)
+        except ValueError as exc:
+            raise self._load_failed(name, version, manifest, "invalid_preprocess", str(exc)) from None
+        instances = [self._factory(vdir, manifest, i) for i in range(self.settings.instances or 1)]
+        try:
+            results = await asyncio.gather(*(i.start() for i in instances), return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                first = failures[0]
+                if isinstance(first, asyncio.CancelledError):
+                    raise first
+                if isinstance(first, ServingError):
+                    message = first.message
+                else:
+                    message = f"{type(first).__name__}: {first}"
+                raise self._load_failed(name, version, manifest, "load_error", message)
+        except BaseException:
+            await asyncio.gather(*(i.stop() for i in instances), return_exceptions=True)
+            raise
+        info = instances[0].worker.describe()
+        seconds = time.monotonic() - started
+        self.metrics.model_load_seconds.labels(self._label(name), str(version)).observe(seconds)
+        served = ServedVersion(
+            model=name, version=str(version), version_dir=vdir, manifest=manifest, transform=transform,
+            instances=instances, runtime=str(info.get("runtime") or self.runtime),
+            device=str(info.get("device") or self.settings.device), load_seconds=seconds,
+        )
+        log.info("model %s: version %d loaded and warmed in %.1f s (%s)", name, version, seconds, info)
+        return served
+
+    def _load_failed(
+        self, name: str, version: int, manifest: repo.ModelManifest, reason: str, message: str
+    ) -> ServingError:
+        self._failed[self._key(name, version, manifest)] = message
+        self.metrics.model_load_failures_total.labels(self._label(name), reason).inc()
+        log.error("model %s version %d failed to load and will not be served: %s", name, version, message)
+        return ServingError(ErrorKind.UNAVAILABLE, message, reason=reason)
+
+    def _batcher_config(self) -> BatcherConfig:
+        s = self.settings
+        return BatcherConfig(
+            max_batch_size=s.max_batch_size,
+            max_queue_delay_ms=s.max_queue_delay_ms,
+            max_queue_size=s.max_queue_size,
+            preferred_batch_sizes=tuple(s.preferred_batch_sizes),
+            default_timeout_s=s.request_timeout_ms / 1000.0,
+        )
+
+    async def _serve_new_model(self, name: str, version: int, manifest: repo.ModelManifest) -> None:
+        loaded = await self._load_version(name, version, manifest)
+        if self._closing:
+            await self._stop_instances(loaded.instances)
+            raise ServingError(ErrorKind.UNAVAILABLE, "server is shutting down")
+        batcher = Batcher(
+            name, loaded.instances, version=loaded.version, config=self._batcher_config(),
+            metrics=self.metrics, item_shape=loaded.item_shape,
+        )
+        self.models[name] = ServedModel(name, batcher, loaded, {loaded.version: loaded})
+        self.metrics.set_serving(name, loaded.version, loaded.runtime, loaded.device)
+        log.info("model %s: serving version %s", name, loaded.version)
+
+    async def _swap(self, served: ServedModel, version: int, manifest: repo.ModelManifest) -> None:
+        """Hot swap ``served`` to ``version``: load + warm, switch, drain and stop the old instances."""
+        loaded = await self._load_version(served.name, version, manifest)
+        if self._closing or not served.batcher.accepting:
+            await self._stop_instances(loaded.instances)
+            raise ServingError(ErrorKind.UNAVAILABLE, "server is shutting down")
+        old = served.current
+        served.versions[loaded.version] = loaded
+        served.current = loaded  # the batcher switches in the same step (no await in between)
+        replacing = served.batcher.replace_instances(
+            loaded.instances, version=loaded.version, item_shape=loaded.item_shape
+        )
+        self.metrics.set_serving(served.name, loaded.version, loaded.runtime, loaded.device)
+        log.info("model %s: switched from version %s to %s; draining the old one", served.name,
+                 old.version, loaded.version)
+        await replacing
+        await self._stop_instances(old.instances)
+        served.versions.pop(old.version, None)
+        log.info("model %s: version %s stopped", served.name, old.version)
+
+    @staticmethod
+    async def _stop_instances(instances: Sequence[ManagedInstance]) -> None:
+        await asyncio.gather(*(i.stop() for i in instances), return_exceptions=True)
+
+    # -- health bookkeeping ------------------------------------------------------------------------
+
+    def refresh_metrics(self) -> None:
+        """Count worker restarts since the last call (``ddrnet_worker_restarts_total``)."""
+        for served in self.models.values():
+            for version in list(served.versions.values()):
+                for instance in version.instances:
+                    count = instance.worker.restarts
+                    seen = self._restarts_seen.get(id(instance), 0)
+                    if count > seen:
+                        counter = self.metrics.worker_restarts_total.labels(served.name, "worker_died")
+                        counter.inc(count - seen)
+                        self._restarts_seen[id(instance)] = count
+
+    # -- shutdown ----------------------------------------------------------------------------------
+
+    async def drain(self, timeout_s: float | None) -> bool:
+        """Stop polling, refuse new requests, finish accepted ones (bounded), stop every worker.
+        True when everything accepted finished in time."""
+        self._closing = True
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._poll_task
+            self._poll_task = None
+        results = await asyncio.gather(
+            *(m.batcher.drain(timeout_s) for m in self.models.values()), return_exceptions=True
+        )
+        await self.close()
+        return all(r is True for r in results)
+
+    async def close(self) -> None:
+        """Stop every worker of every version (idempotent)."""
+        self._closing = True
+        instances = [i for m in self.models.values() for v in m.versions.values() for i in v.instances]
+        await self._stop_instances(instances)
+        for name in self.models:
+            self.metrics.clear_serving(name)
