@@ -1,0 +1,206 @@
+"""The server process: HTTP (uvicorn) and gRPC (grpc.aio) in one event loop, around one DataPlane.
+
+Lifecycle (:func:`serve`):
+
+1. log the effective configuration (secrets masked); bind HTTP and gRPC (a port of 0 picks a free one;
+   ``grpc_port`` -1 disables gRPC) and print the bound URLs on stdout; health answers from now on:
+   live, not ready;
+2. load and warm every model (:meth:`ModelManager.start`); a model that cannot be loaded at all (a
+   missing device, a broken runtime) is a start-up error: the process exits 1 with one line naming
+   it; then start polling the repository and print ``ready``;
+3. on SIGTERM or SIGINT: stop accepting (readiness 503 / NOT_SERVING, new requests UNAVAILABLE) while
+   the listeners stay open, finish everything queued and in flight (bounded by
+   ``shutdown_timeout_s``), stop the workers, let the front ends send the last responses, exit 0.
+   A second signal cuts the drain short (exit 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
+
+import uvicorn
+
+from server.core import DataPlane
+from server.grpc_api import HealthReporter, create_server
+from server.http_api import create_app
+from server.metrics import ServerMetrics
+from server.model_manager import ModelManager, StartupError
+from server.preprocessing import Preprocessor
+from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+HEALTH_SYNC_S = 0.5
+FRONT_END_GRACE_S = 5.0  # after the drain: time for the front ends to send the last responses
+SECRET_FIELDS = ("auth_token",)
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: this module owns SIGTERM/SIGINT for both front ends."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def describe_settings(settings: ServerSettings) -> dict[str, Any]:
+    """The effective settings as JSON-ready values, secrets masked."""
+    data = settings.model_dump(mode="json")
+    for name in SECRET_FIELDS:
+        if data.get(name):
+            data[name] = "***"
+    return data
+
+
+def _bind_http(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise StartupError(f"cannot listen for HTTP on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def serve(
+    settings: ServerSettings,
+    *,
+    runtime: str | None = None,
+    extra_pythonpath: Sequence[str] = (),
+    out: TextIO = sys.stdout,
+) -> int:
+    """Run the server until a signal; returns the process exit status (see the module docstring).
+
+    ``runtime``/``extra_pythonpath``: a custom ``module:Class`` runtime for the workers (tests).
+    Raises StartupError when the server cannot start (port in use, a model that cannot load).
+    """
+    log.info("effective configuration: %s", json.dumps(describe_settings(settings), sort_keys=True))
+    metrics = ServerMetrics(process_collectors=True)
+    manager = ModelManager(settings, metrics, runtime=runtime, extra_pythonpath=extra_pythonpath)
+    preprocessor = Preprocessor(settings.preprocess_workers or 1)
+    core = DataPlane(settings, manager, preprocessor, metrics)
+    health = HealthReporter(core)
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    force = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: stopping without waiting for the drain", signal.Signals(signum).name)
+            force.set()
+        else:
+            log.warning("%s received: draining", signal.Signals(signum).name)
+            stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    http_socket = _bind_http(settings.http_host, settings.http_port)
+    http_port = http_socket.getsockname()[1]
+    tls = settings.tls_cert is not None
+    config = uvicorn.Config(
+        create_app(core),
+        log_config=None,
+        access_log=settings.log_level == "debug",
+        lifespan="off",
+        server_header=False,
+        timeout_graceful_shutdown=int(FRONT_END_GRACE_S),
+        ssl_certfile=str(settings.tls_cert) if tls else None,
+        ssl_keyfile=str(settings.tls_key) if tls else None,
+    )
+    http = _UvicornServer(config)
+    http_task = loop.create_task(http.serve(sockets=[http_socket]))
+    grpc_server = None
+    sync_task: asyncio.Task | None = None
+    exit_code = 0
+    try:
+        for _ in range(500):  # uvicorn starts listening on the bound socket within milliseconds
+            if http.started or http_task.done():
+                break
+            await asyncio.sleep(0.01)
+        if http_task.done():
+            http_task.result()
+            raise StartupError("the HTTP server stopped during start-up")
+        scheme = "https" if tls else "http"
+        print(f"ddrnet serve: HTTP on {scheme}://{_url_host(settings.http_host)}:{http_port} "
+              "(docs /docs, metrics /metrics)", file=out, flush=True)
+        if settings.grpc_port >= 0:
+            try:
+                grpc_server, grpc_port = create_server(core, health)
+            except (OSError, RuntimeError) as exc:
+                raise StartupError(
+                    f"cannot listen for gRPC on {settings.grpc_host}:{settings.grpc_port}: {exc}"
+                ) from None
+            await grpc_server.start()
+            print(f"ddrnet serve: gRPC on {_url_host(settings.grpc_host)}:{grpc_port}"
+                  f"{' (TLS)' if tls else ''}", file=out, flush=True)
+        sync_task = loop.create_task(_keep_health(health, manager))
+
+        loading = loop.create_task(manager.start())
+        stopping = loop.create_task(stop.wait())
+        await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not loading.done():  # a signal during loading: stop at once
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StartupError):
+                await loading
+        else:
+            stopping.cancel()
+            loading.result()  # StartupError propagates
+            manager.start_polling()
+            await health.sync()
+            models = ", ".join(f"{m['model']} v{m['version']} ({m['runtime']})" for m in manager.describe())
+            print(f"ddrnet serve: ready (models: {models or 'none yet'})", file=out, flush=True)
+            await stop.wait()
+
+        core.begin_shutdown()
+        await health.shutdown()
+        drain = loop.create_task(manager.drain(settings.shutdown_timeout_s))
+        forced = loop.create_task(force.wait())
+        await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+        if drain.done():
+            forced.cancel()
+            if not drain.result():
+                log.warning("shutdown timeout (%.0f s) passed: unfinished requests were failed",
+                            settings.shutdown_timeout_s)
+        else:
+            exit_code = 1
+            drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drain
+        log.info("drained; closing the front ends")
+    finally:
+        if sync_task is not None:
+            sync_task.cancel()
+        await manager.close()
+        http.should_exit = True
+        if grpc_server is not None:
+            await grpc_server.stop(FRONT_END_GRACE_S)
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(http_task, FRONT_END_GRACE_S + 5)
+        preprocessor.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    print("ddrnet serve: stopped", file=out, flush=True)
+    return exit_code
+
+
+async def _keep_health(health: HealthReporter, manager: ModelManager) -> None:
+    """Keep the gRPC health statuses and the worker-restart counter current."""
+    while True:
+        try:
+            await health.sync()
+            manager.refresh_metrics()
+        except Exception:  # bookkeeping must never end the server
+            log.exception("health sync failed")
+        await asyncio.sleep(HEALTH_SYNC_S)

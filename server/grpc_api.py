@@ -1,0 +1,366 @@
+"""The gRPC front end (grpc.aio): converts messages into :class:`~server.core.DataPlane` calls and back.
+
+Services:
+
+- ``ddrnet.v1.Classify`` (``protos/classify.proto``): ``Classify`` (unary) and ``ClassifyStream``
+  (bidirectional; requests are handled concurrently, responses come back as they finish and carry the
+  request's ``id``; a failed request gets a response with ``error`` set and the stream goes on);
+- ``inference.GRPCInferenceService`` (Open Inference Protocol v2): ServerLive, ServerReady, ModelReady,
+  ServerMetadata, ModelMetadata, ModelInfer (``raw_input_contents`` or typed ``contents``; outputs as
+  ``raw_output_contents``, which is what tritonclient reads);
+- ``grpc.health.v1.Health``: service ``""`` and the two services above follow the server's readiness,
+  and each model name is a service following that model's readiness;
+- server reflection.
+
+Errors are gRPC statuses from ``server.errors`` (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE with a
+``grpc-retry-pushback-ms`` trailer when the queue is full, DEADLINE_EXCEEDED, INTERNAL,
+UNAUTHENTICATED). The call's deadline caps the request's; a cancelled call leaves the queue. With an
+``auth_token`` the inference RPCs (Classify, ClassifyStream, ModelInfer) require metadata
+``authorization: Bearer <token>``; health, metadata and reflection stay open. Message size limits are
+``max_request_bytes`` both ways; TLS when ``tls_cert``/``tls_key`` are set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from protos import classify_pb2, classify_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
+from server import oip_codec
+from server.core import ClassifyResult, DataPlane, InferInput, InferResponse
+from server.errors import ErrorKind, ServingError, grpc_code_number, grpc_status
+from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+CLASSIFY_SERVICE = classify_pb2.DESCRIPTOR.services_by_name["Classify"].full_name
+INFERENCE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+_STREAM_END = object()
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: ServingError) -> None:
+    if err.retry_after_s is not None:
+        context.set_trailing_metadata((("grpc-retry-pushback-ms", str(math.ceil(err.retry_after_s * 1000))),))
+    await context.abort(grpc_status(err), err.message)
+
+
+def _authorize(settings: ServerSettings, context: grpc.aio.ServicerContext) -> None:
+    token = settings.auth_token
+    if token is None:
+        return
+    given = ""
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "authorization" and isinstance(value, str):
+            scheme, _, credentials = value.partition(" ")
+            if scheme.lower() == "bearer":
+                given = credentials.strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise ServingError(
+            ErrorKind.UNAUTHENTICATED,
+            "missing or wrong bearer token (metadata authorization: Bearer <token>)",
+        )
+
+
+# -- ddrnet.v1.Classify -------------------------------------------------------------------------------
+
+
+class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
+    def __init__(self, core: DataPlane) -> None:
+        self.core = core
+
+    async def _classify(
+        self, request: classify_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> classify_pb2.ClassifyResponse:
+        result = await self.core.classify(
+            list(request.images),
+            model=request.model_name,
+            version=request.model_version or None,
+            top_k=request.top_k if request.HasField("top_k") else None,
+            timeout_s=context.time_remaining(),
+            protocol="grpc",
+        )
+        return _classify_proto(result, request.id)
+
+    async def Classify(
+        self, request: classify_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> classify_pb2.ClassifyResponse:
+        try:
+            _authorize(self.core.settings, context)
+            return await self._classify(request, context)
+        except ServingError as err:
+            await _abort(context, err)
+            raise  # not reached: abort raises
+
+    async def ClassifyStream(
+        self, request_iterator: AsyncIterator[classify_pb2.ClassifyRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[classify_pb2.ClassifyResponse]:
+        try:
+            _authorize(self.core.settings, context)
+        except ServingError as err:
+            await _abort(context, err)
+        # Bounded concurrency per stream: a client cannot pile up more work than the queue holds.
+        slots = asyncio.Semaphore(max(1, self.core.settings.max_queue_size))
+        responses: asyncio.Queue = asyncio.Queue()
+        tasks: set[asyncio.Task] = set()
+
+        async def handle(request: classify_pb2.ClassifyRequest) -> None:
+            try:
+                response = await self._classify(request, context)
+            except ServingError as err:
+                response = classify_pb2.ClassifyResponse(
+                    model_name=request.model_name,
+                    id=request.id,
+                    error=classify_pb2.Status(code=grpc_code_number(err), message=err.message),
+                )
+            finally:
+                slots.release()
+            await responses.put(response)
+
+        async def read_all() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    task = asyncio.get_running_loop().create_task(handle(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.wait(set(tasks))
+            finally:
+                await responses.put(_STREAM_END)
+
+        reader = asyncio.get_running_loop().create_task(read_all())
+        try:
+            while (response := await responses.get()) is not _STREAM_END:
+                yield response
+            await reader  # re-raises a broken request stream
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+
+def _classify_proto(result: ClassifyResult, request_id: str) -> classify_pb2.ClassifyResponse:
+    return classify_pb2.ClassifyResponse(
+        model_name=result.model,
+        model_version=result.version,
+        id=request_id,
+        results=[
+            classify_pb2.ImageResult(
+                predictions=[
+                    classify_pb2.Prediction(label=p.label, index=p.index, score=p.score) for p in preds
+                ]
+            )
+            for preds in result.results
+        ],
+    )
+
+
+# -- inference.GRPCInferenceService (OIP v2) ----------------------------------------------------------
+
+
+class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, core: DataPlane) -> None:
+        self.core = core
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return grpc_service_pb2.ServerLiveResponse(live=self.core.live())
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return grpc_service_pb2.ServerReadyResponse(ready=self.core.ready())
+
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            ready = self.core.model_ready(request.name, request.version or None)
+        except ServingError as err:
+            await _abort(context, err)
+        return grpc_service_pb2.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        meta = self.core.server_metadata()
+        return grpc_service_pb2.ServerMetadataResponse(
+            name=meta["name"], version=meta["version"], extensions=meta["extensions"]
+        )
+
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            meta = self.core.model_metadata(request.name, request.version or None)
+        except ServingError as err:
+            await _abort(context, err)
+        tensor = grpc_service_pb2.ModelMetadataResponse.TensorMetadata
+        return grpc_service_pb2.ModelMetadataResponse(
+            name=meta.name,
+            versions=meta.versions,
+            platform=meta.platform,
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs],
+        )
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.monotonic()
+        try:
+            _authorize(self.core.settings, context)
+            try:
+                inputs = _decode_inputs(request)
+                timeout_s = context.time_remaining()
+                oip_timeout = _oip_timeout(request.parameters)
+                if oip_timeout is not None:
+                    timeout_s = oip_timeout if timeout_s is None else min(timeout_s, oip_timeout)
+                requested = [o.name for o in request.outputs] or None
+                for out in request.outputs:
+                    if "classification" in out.parameters:
+                        raise ServingError(
+                            ErrorKind.INVALID_ARGUMENT,
+                            f"output {out.name!r}: the classification extension is not supported; use "
+                            "ddrnet.v1.Classify for top-k labels",
+                        )
+            except ServingError as err:
+                self.core.observe_error(request.model_name, "grpc", err, started)
+                raise
+            response = await self.core.infer(
+                model=request.model_name,
+                version=request.model_version or None,
+                inputs=inputs,
+                outputs=requested,
+                request_id=request.id,
+                timeout_s=timeout_s,
+                protocol="grpc",
+            )
+            return _infer_proto(response)
+        except ServingError as err:
+            await _abort(context, err)
+
+
+def _decode_inputs(request: Any) -> list[InferInput]:
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise ServingError(
+            ErrorKind.INVALID_ARGUMENT,
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs: give one per input, in order",
+        )
+    out = []
+    for index, tensor in enumerate(request.inputs):
+        datatype = oip_codec.check_datatype(tensor.name, tensor.datatype)
+        shape = oip_codec.check_shape(tensor.name, list(tensor.shape))
+        if raw:
+            data = oip_codec.decode_raw(tensor.name, datatype, shape, raw[index])
+        else:
+            data = oip_codec.decode_contents(tensor.name, datatype, shape, tensor.contents)
+        out.append(InferInput(tensor.name, datatype, shape, data))
+    return out
+
+
+def _oip_timeout(parameters: Any) -> float | None:
+    if "timeout" not in parameters:
+        return None
+    param = parameters["timeout"]
+    kind = param.WhichOneof("parameter_choice")
+    value = getattr(param, kind) if kind else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ServingError(
+            ErrorKind.INVALID_ARGUMENT,
+            f"parameters.timeout must be a positive number of microseconds, got {value!r}",
+        )
+    return float(value) / 1e6
+
+
+def _infer_proto(response: InferResponse) -> Any:
+    tensor = grpc_service_pb2.ModelInferResponse.InferOutputTensor
+    return grpc_service_pb2.ModelInferResponse(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id,
+        outputs=[tensor(name=o.name, datatype=o.datatype, shape=o.shape) for o in response.outputs],
+        raw_output_contents=[
+            o.data.astype(oip_codec.NUMPY_DTYPES[o.datatype], copy=False).tobytes() for o in response.outputs
+        ],
+    )
+
+
+# -- health ---------------------------------------------------------------------------------------------
+
+
+class HealthReporter:
+    """Keeps ``grpc.health.v1.Health`` statuses in step with the core's readiness."""
+
+    def __init__(self, core: DataPlane) -> None:
+        self.core = core
+        self.servicer = health_aio.HealthServicer()
+
+    async def sync(self) -> None:
+        ready = self.core.ready()
+        status = health_pb2.HealthCheckResponse
+        overall = status.SERVING if ready else status.NOT_SERVING
+        for service in ("", CLASSIFY_SERVICE, INFERENCE_SERVICE):
+            await self.servicer.set(service, overall)
+        for name, served in list(self.core.manager.models.items()):
+            ok = served.ready and not self.core.draining
+            await self.servicer.set(name, status.SERVING if ok else status.NOT_SERVING)
+
+    async def shutdown(self) -> None:
+        await self.servicer.enter_graceful_shutdown()
+
+
+# -- the server -----------------------------------------------------------------------------------------
+
+
+def _address(host: str, port: int) -> str:
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def create_server(core: DataPlane, health: HealthReporter) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with every service added and bound (not started); returns it and its port."""
+    settings = core.settings
+    limit = settings.max_request_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),  # a port in use is an error, not a silently shared port
+        ]
+    )
+    classify_pb2_grpc.add_ClassifyServicer_to_server(ClassifyServicer(core), server)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    reflection.enable_server_reflection(
+        (
+            CLASSIFY_SERVICE,
+            INFERENCE_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    address = _address(settings.grpc_host, settings.grpc_port)
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+        )
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    if not port:
+        raise OSError(f"cannot bind gRPC to {address}")
+    return server, port
+
+
+@contextlib.asynccontextmanager
+async def running(server: grpc.aio.Server) -> AsyncIterator[grpc.aio.Server]:
+    """Start ``server``; stop it (no grace) on exit."""
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(None)
