@@ -147,6 +147,7 @@ class WorkerInstance:
         self._restart_task: asyncio.Task[None] | None = None
         self._backoff = backoff_s[0]
         self._started_at = 0.0
+        self._lost_reason = "is not running"
 
     # -- public API ----------------------------------------------------------------------------------
     @property
@@ -341,6 +342,7 @@ class WorkerInstance:
         reason = _exit_reason(returncode)
         if not isinstance(exc, asyncio.IncompleteReadError):
             reason += f" ({type(exc).__name__}: {exc})"
+        self._lost_reason = reason
         fut, self._pending = self._pending, None
         if fut is not None and not fut.done():
             fut.set_exception(
@@ -378,8 +380,8 @@ class WorkerInstance:
     async def _call(self, message: dict[str, Any], timeout_s: float, during: str) -> dict[str, Any]:
         proc = self._proc
         if proc is None or proc.stdin is None or proc.returncode is not None:
-            raise ServingError(ErrorKind.UNAVAILABLE, f"worker of {self.name} is not running",
-                               reason="worker_died")
+            state = "is not running" if proc is None else _exit_reason(proc.returncode)
+            raise ServingError(ErrorKind.UNAVAILABLE, f"worker of {self.name} {state}", reason="worker_died")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending = fut
         try:
@@ -387,6 +389,11 @@ class WorkerInstance:
             await proc.stdin.drain()
         except (ConnectionError, RuntimeError):
             pass  # the worker is gone: the read loop fails ``fut`` with the exit reason
+        reader = self._reader
+        if not fut.done() and (reader is None or reader.done()):  # it is gone and nobody will answer
+            self._pending = None
+            raise ServingError(ErrorKind.UNAVAILABLE, f"worker of {self.name} {self._lost_reason}",
+                               reason="worker_died")
         try:
             return await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:

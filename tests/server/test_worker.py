@@ -260,7 +260,10 @@ def test_bad_device_or_runtime_is_a_clear_start_error(version: str, manifest: di
             err = await start_error(runtime="lite")
             assert err.kind is ErrorKind.UNAVAILABLE and "mindspore_lite" in err.message
 
-    run(scenario())
+        err = await start_error(runtime="onnxruntime", python="/bin/false")  # dies before a word
+        assert err.kind is ErrorKind.UNAVAILABLE and "exited with code 1" in err.message
+
+    run(scenario(), timeout=60)
     assert list(shm_dir.iterdir()) == []  # failed starts leave no shared memory behind
     with pytest.raises(ValueError, match="is not an executable file"):
         WorkerInstance(version, manifest, python="/nonexistent/python3.7")
