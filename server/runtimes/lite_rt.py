@@ -106,7 +106,8 @@ def convert_onnx(mslite: Any, onnx_path: str, output_path: str) -> str:
     # The converter appends ".mindir" to the name it is given.
     tmp_base = os.path.join(out_dir, f".converting-{os.getpid()}-{os.path.basename(output_path)}")
     converter = mslite.Converter()
-    converter.save_type = mslite.ModelType.MINDIR
+    if hasattr(converter, "save_type"):  # the cloud-inference packages run MindIR, not .ms flatbuffers
+        converter.save_type = mslite.ModelType.MINDIR
     try:
         converter.convert(mslite.FmkType.ONNX, onnx_path, tmp_base)
         os.replace(tmp_base + ".mindir", output_path)
@@ -226,7 +227,7 @@ class LiteRuntime(Runtime):
                 checksum = (manifest.get("checksums") or {}).get(onnx_name) or {}
                 path = cached_conversion(mslite, path, cache_dir, checksum.get("sha256"))
             types = [mslite.ModelType.MINDIR]
-            if label == "lite":
+            if label == "lite" and hasattr(mslite.ModelType, "MINDIR_LITE"):
                 types.append(mslite.ModelType.MINDIR_LITE)
             for model_type in types:
                 try:
