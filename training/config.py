@@ -207,7 +207,7 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "missing":
-            msg = "required key is missing"
+            msg = "required key is missing" if len(err["loc"]) == 1 else "value missing (too few items)"
         value = err.get("input")
         quiet = err["type"] in ("missing", "extra_forbidden") or isinstance(value, dict)
         shown = "" if quiet else f" (got {value!r})"

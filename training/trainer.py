@@ -212,6 +212,7 @@ class Trainer:
         cfg = self.cfg
         ms.set_seed(cfg.seed)  # same initial weights on every rank
         self.net, self.net_amp = build_network(cfg)
+        self.net_amp.set_train(True)  # batch statistics in BatchNorm, drop-path on
         self.lrs = build_lr_schedule(cfg, self.steps_per_epoch, self.dist.world_size)
         self.optimizer = build_optimizer(cfg, self.net, float(self.lrs[0]))
         self.scaler = build_loss_scaler(cfg)

@@ -1,0 +1,106 @@
+"""Checkpoints: atomic writes, keep-last-K and best, partial leftovers, resume state round trip."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from training.checkpointing import (
+    CheckpointError,
+    CheckpointManager,
+    TrainState,
+    read_checkpoint,
+    restore,
+    save_checkpoint,
+)
+
+
+def _net_opt():
+    import mindspore as ms
+    from mindspore import nn
+
+    ms.set_seed(1)
+    net = nn.SequentialCell([nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Dense(4 * 8 * 8, 2)])
+    opt = nn.Momentum(net.trainable_params(), ms.Tensor(np.float32(0.1)), 0.9)
+    scaler = ms.amp.DynamicLossScaler(1024, 2, 5)
+    return net, opt, scaler
+
+
+def _train_a_step(net, opt):
+    import mindspore as ms
+
+    def fwd(x):
+        return net(x).sum()
+
+    grad = ms.value_and_grad(fwd, None, opt.parameters)
+    _, g = grad(ms.Tensor(np.ones((2, 3, 8, 8), np.float32)))
+    opt(g)
+
+
+def test_round_trip_restores_weights_optimizer_and_scale(tmp_path):
+    import mindspore as ms
+
+    net, opt, scaler = _net_opt()
+    _train_a_step(net, opt)
+    scaler.scale_value.set_data(ms.Tensor(256.0, ms.float32))
+    state = TrainState(epoch=3, step=42, step_in_epoch=0, best_top1=71.5, best_epoch=2, steps_per_epoch=14)
+    path = save_checkpoint(tmp_path / "c.ckpt", net, opt, scaler, state)
+    assert oct(os.stat(path).st_mode & 0o777) == "0o644"
+    assert not list(tmp_path.glob(".partial-*"))
+    params, read_state = read_checkpoint(path)
+    assert read_state == state
+    assert any(name.startswith("moments.") for name in params)
+
+    net2, opt2, scaler2 = _net_opt()
+    got = restore(path, net2, opt2, scaler2)
+    assert got.step == 42 and got.best_top1 == 71.5
+    for a, b in zip(net.get_parameters(), net2.get_parameters(), strict=True):
+        assert np.array_equal(a.asnumpy(), b.asnumpy()), a.name
+    for a, b in zip(opt.moments, opt2.moments, strict=True):
+        assert np.array_equal(a.asnumpy(), b.asnumpy())
+    assert float(scaler2.scale_value.asnumpy()) == 256.0
+
+    # the network's own names: model.load_checkpoint-style readers see plain parameter names
+    assert "0.weight" in params and "3.weight" in params
+
+
+def test_unreadable_and_foreign_checkpoints_are_clear_errors(tmp_path):
+    net, opt, scaler = _net_opt()
+    path = save_checkpoint(tmp_path / "c.ckpt", net, opt, scaler, TrainState())
+    torn = tmp_path / "torn.ckpt"
+    torn.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="cannot read checkpoint .*torn.ckpt"):
+        restore(torn, net, opt, scaler)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        read_checkpoint(tmp_path / "missing.ckpt")
+    import mindspore as ms
+
+    weights_only = tmp_path / "weights.ckpt"
+    ms.save_checkpoint(net, str(weights_only))
+    with pytest.raises(CheckpointError, match="holds no training state"):
+        restore(weights_only, net, opt, scaler)
+    from mindspore import nn
+
+    other = nn.SequentialCell([nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Dense(4 * 8 * 8, 5)])
+    other_opt = nn.Momentum(other.trainable_params(), 0.1, 0.9)
+    with pytest.raises(CheckpointError, match="3.weight has shape"):
+        restore(path, other, other_opt, scaler)
+
+
+def test_manager_keeps_last_k_best_and_latest(tmp_path):
+    net, opt, scaler = _net_opt()
+    mgr = CheckpointManager(tmp_path / "ck", keep_last=2)
+    (tmp_path / "ck").mkdir()
+    leftover = tmp_path / "ck" / ".partial-999-e0009-s00000090.ckpt"
+    leftover.write_bytes(b"half a file")
+    mgr.clean_partials()
+    assert not leftover.exists()
+    for epoch in range(1, 5):
+        mgr.save(net, opt, scaler, TrainState(epoch=epoch, step=10 * epoch), is_best=epoch == 2)
+    names = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert names == ["best.ckpt", "e0003-s00000030.ckpt", "e0004-s00000040.ckpt", "latest.ckpt"]
+    assert read_checkpoint(tmp_path / "ck" / "best.ckpt")[1].epoch == 2  # survives its periodic file
+    assert read_checkpoint(tmp_path / "ck" / "latest.ckpt")[1].epoch == 4
+    assert [p.name for p in mgr.resume_candidates()] == ["e0004-s00000040.ckpt", "e0003-s00000030.ckpt"]
