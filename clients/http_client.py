@@ -220,6 +220,17 @@ class HttpClient(_HttpBase):
         """Top-k predictions for one image."""
         return self._classify_call([to_bytes(image)], top_k, model, version, self._deadline(timeout))[0]
 
+    def classify_batch(
+        self, images: Sequence[ImageLike], *, top_k: int | None = None, model: str | None = None,
+        version: str | int | None = None, timeout: float | None = None,
+    ) -> ClassifyResult:
+        """Top-k predictions for each image, in order, from ONE request (the server limits how many
+        images a request may hold: 64 by default)."""
+        data = [to_bytes(image) for image in images]
+        if not data:
+            raise ValueError("no images to classify")
+        return self._classify_call(data, top_k, model, version, self._deadline(timeout))
+
     def classify_many(
         self, images: Sequence[ImageLike], *, top_k: int | None = None, model: str | None = None,
         version: str | int | None = None, timeout: float | None = None, batch_size: int = DEFAULT_BATCH,
@@ -323,6 +334,16 @@ class AsyncHttpClient(_HttpBase):
         """Top-k predictions for one image."""
         result = await self._classify_call([to_bytes(image)], top_k, model, version, self._deadline(timeout))
         return result[0]
+
+    async def classify_batch(
+        self, images: Sequence[ImageLike], *, top_k: int | None = None, model: str | None = None,
+        version: str | int | None = None, timeout: float | None = None,
+    ) -> ClassifyResult:
+        """Top-k predictions for each image, in order, from ONE request."""
+        data = [to_bytes(image) for image in images]
+        if not data:
+            raise ValueError("no images to classify")
+        return await self._classify_call(data, top_k, model, version, self._deadline(timeout))
 
     async def classify_many(
         self, images: Sequence[ImageLike], *, top_k: int | None = None, model: str | None = None,

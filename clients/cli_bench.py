@@ -1,0 +1,368 @@
+"""`ddrnet bench`: load-test a running server and compare with the raw runtime, in one run.
+
+    ddrnet bench --server 127.0.0.1:8001 --protocol grpc,http --http-server 127.0.0.1:8000 \\
+        --model digits --concurrency 1,4,16,32 --warmup-s 2 --measure-s 10 \\
+        --raw --model-repository models --json bench.json --plot bench.png
+
+Closed loop at each ``--concurrency`` (a sweep), or open loop at each ``--request-rate``; payload =
+real image files (``--images``; default: the sample photos shipped with scikit-learn and
+scikit-image), ``--batch-size`` images per request. Per level: throughput (img/s), p50/p90/p95/p99
+latency, errors by kind, the bench's own CPU per request, and the server-side split (queue,
+preprocess, inference, mean batch size, instance busy) read from ``/metrics`` (the HTTP address, or
+``--metrics-url``). ``--raw`` then measures, in this process, the same model version with the
+server's runtime and thread count at ``--raw-batch-sizes``, and the preprocessing cost per image of
+the same payload: ``L = 1 / (model ms/img at the best batch + preprocess ms/img)``, and every level's
+served ÷ L. Output: a table; ``--json FILE``; ``--plot FILE`` (throughput vs p99 latency, PNG).
+The bench talks only to the addresses it is given and every phase is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from cli.errors import CliError
+from clients.cli_common import DEFAULT_PORTS, add_connection_arguments, make_async_client, transport
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--protocol", default="grpc", metavar="P[,P...]",
+                        help="grpc, http, oip-grpc, oip-http, or several comma-separated (default: grpc)")
+    parser.add_argument("--server", metavar="HOST:PORT",
+                        help="address for the first protocol's transport (default 127.0.0.1:8001 "
+                             "for gRPC, 127.0.0.1:8000 for HTTP)")
+    parser.add_argument("--http-server", metavar="HOST:PORT",
+                        help="HTTP address (HTTP protocols and /metrics)")
+    parser.add_argument("--grpc-server", metavar="HOST:PORT", help="gRPC address (gRPC protocols)")
+    parser.add_argument("--metrics-url", metavar="URL",
+                        help="Prometheus endpoint for the server-side split "
+                             "(default: http://HTTP-ADDRESS/metrics)")
+    add_connection_arguments(parser, with_server=False)
+    load = parser.add_argument_group("load")
+    load.add_argument("--concurrency", metavar="N[,N...]",
+                      help="closed loop: requests in flight, a sweep when several (default: 1,4,16,32)")
+    load.add_argument("--request-rate", metavar="R[,R...]", help="open loop: requests per second instead")
+    load.add_argument("--request-distribution", choices=("constant", "poisson"), default="constant",
+                      help="open loop arrival times (default: constant)")
+    load.add_argument("--max-outstanding", type=int, default=1024, metavar="N",
+                      help="open loop: most requests in flight; beyond that a request is skipped "
+                           "(counted as client_backlog)")
+    load.add_argument("--batch-size", type=int, default=1, metavar="B",
+                      help="images per request (default: 1)")
+    load.add_argument("--images", nargs="+", metavar="PATH",
+                      help="payload image files, folders or globs (default: the scikit-learn/scikit-image "
+                           "sample photos)")
+    load.add_argument("--warmup-s", type=float, default=2.0, metavar="S",
+                      help="warm-up per level (default: 2)")
+    load.add_argument("--measure-s", type=float, default=5.0, metavar="S",
+                      help="measurement window per level (default: 5)")
+    raw = parser.add_argument_group("raw runtime (--raw)")
+    raw.add_argument("--raw", action="store_true",
+                     help="also measure the runtime in-process and the preprocessing cost "
+                          "(needs --model-repository)")
+    raw.add_argument("--model-repository", metavar="DIR", type=Path, help="the repository the server serves")
+    raw.add_argument("--runtime", default=None, metavar="NAME",
+                     help="runtime for --raw (default: the one the server reports for the model)")
+    raw.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="runtime threads for --raw (default: the server's default, cores / instances)")
+    raw.add_argument("--instances", type=int, default=1, metavar="N",
+                     help="instances the server runs (for the default --threads; default: 1)")
+    raw.add_argument("--raw-batch-sizes", default="1,2,4,8", metavar="B[,B...]", help="default: 1,2,4,8")
+    raw.add_argument("--raw-s", type=float, default=2.0, metavar="S",
+                     help="seconds per raw batch size and for preprocessing (default: 2)")
+    raw.add_argument("--runtime-python", metavar="PYTHON",
+                     help="measure in a worker process under this interpreter "
+                          "(e.g. a Python 3.7 venv with Lite)")
+    parser.add_argument("--json", dest="json_file", metavar="FILE", type=Path,
+                        help="write every figure as JSON")
+    parser.add_argument("--plot", metavar="FILE", type=Path, help="write a PNG of throughput vs p99 latency")
+
+
+# -- option checks ----------------------------------------------------------------------------------------
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise CliError(f"{option} must be positive integers separated by commas, got {text!r}")
+    return [int(p) for p in parts]
+
+
+def _protocols(text: str) -> list[str]:
+    from clients.bench import PROTOCOLS
+
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in names if p not in PROTOCOLS]
+    if not names or bad:
+        shown = ", ".join(bad) or "empty"
+        raise CliError(f"--protocol: unknown {shown} (choose from {', '.join(PROTOCOLS)})")
+    return names
+
+
+def _addresses(args: argparse.Namespace, protocols: list[str]) -> dict[str, str | None]:
+    """Address per transport: ``--server`` goes to the first protocol's transport."""
+    out: dict[str, str | None] = {"http": args.http_server, "grpc": args.grpc_server}
+    first = transport(protocols[0])
+    if args.server:
+        if out[first] and out[first] != args.server:
+            raise CliError(f"--server and --{first}-server name different addresses")
+        out[first] = args.server
+    for kind in ("http", "grpc"):
+        if out[kind] is None and not args.server:
+            out[kind] = f"127.0.0.1:{DEFAULT_PORTS[kind]}"
+    for protocol in protocols:
+        if out[transport(protocol)] is None:
+            kind = transport(protocol)
+            raise CliError(
+                f"--protocol {protocol} needs the server's {kind} address: add --{kind}-server HOST:PORT"
+            )
+    return out
+
+
+def default_images() -> list[Path]:
+    """The sample photos shipped with scikit-learn and scikit-image (those present)."""
+    import sklearn
+
+    paths = [Path(sklearn.__file__).parent / "datasets" / "images" / n for n in ("china.jpg", "flower.jpg")]
+    try:
+        import skimage
+
+        data = Path(skimage.__file__).parent / "data"
+        paths += [data / n for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg",
+                                     "motorcycle_left.png")]
+    except ImportError:
+        pass
+    return [p for p in paths if p.is_file()]
+
+
+def _payload(args: argparse.Namespace) -> tuple[list[Path], list[bytes]]:
+    from clients.payload import expand_targets
+
+    if args.images:
+        files, missing = expand_targets(args.images)
+        if missing:
+            raise CliError(f"--images: nothing found at {', '.join(missing)}")
+    else:
+        files = default_images()
+    if not files:
+        raise CliError("no payload images: pass --images FILES/FOLDERS/GLOBS")
+    try:
+        return files, [p.read_bytes() for p in files]
+    except OSError as exc:
+        raise CliError(f"cannot read payload image {exc.filename}: {exc.strerror}") from None
+
+
+# -- the run -------------------------------------------------------------------------------------------
+
+
+async def _served(args: argparse.Namespace, protocols: list[str], addresses: dict[str, str | None],
+                  payload: list[bytes], levels: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+    import httpx
+
+    from clients.bench import make_sender, run_level
+    from clients.cli_common import resolve_model
+    from clients.retry import NO_RETRY
+
+    metrics_url = args.metrics_url or (f"http://{addresses['http']}/metrics" if addresses["http"] else None)
+    if metrics_url and "://" not in metrics_url:
+        metrics_url = f"http://{metrics_url}"
+    results = []
+    info: dict[str, Any] = {"metrics_url": metrics_url}
+    async with httpx.AsyncClient(timeout=10.0) as scraper:
+
+        async def scrape() -> str:
+            response = await scraper.get(metrics_url)
+            response.raise_for_status()
+            return response.text
+
+        can_scrape = metrics_url is not None
+        for protocol in protocols:
+            address = addresses[transport(protocol)]
+            client = make_async_client(args, protocol, server=address, retry=NO_RETRY)
+            try:
+                model = await resolve_model(client, args, protocol, address)
+                if "model" not in info:
+                    meta = await client.model_metadata(model)
+                    info.update(model=model, version=(meta.get("versions") or [""])[0],
+                                platform=meta.get("platform", ""))
+                    if can_scrape:
+                        try:
+                            await scrape()
+                        except httpx.HTTPError as exc:
+                            log.warning("no server-side split: cannot read %s (%s)", metrics_url, exc)
+                            print(f"ddrnet bench: warning: cannot read {metrics_url}: no server-side split",
+                                  file=sys.stderr)
+                            can_scrape = False
+                send = make_sender(client, protocol, payload, args.batch_size)
+                for level in levels:
+                    print(f"ddrnet bench: {protocol} {level.label}: warm-up {args.warmup_s:g} s, "
+                          f"measuring {args.measure_s:g} s", file=sys.stderr, flush=True)
+                    result = await run_level(
+                        send, level, protocol=protocol, warmup_s=args.warmup_s, measure_s=args.measure_s,
+                        drain_s=args.timeout + 1.0, scrape=scrape if can_scrape else None, model=model,
+                        max_outstanding=args.max_outstanding,
+                    )
+                    results.append(result)
+            finally:
+                await client.aclose()
+    return results, info
+
+
+def _raw(args: argparse.Namespace, info: dict[str, Any], payload: list[bytes]) -> Any:
+    from clients import bench_raw
+    from server.settings import available_cores
+
+    runtime = args.runtime or info.get("platform") or "auto"
+    threads = args.threads or max(1, available_cores() // max(1, args.instances))
+    sizes = _int_list(args.raw_batch_sizes, "--raw-batch-sizes")
+    print(f"ddrnet bench: raw {runtime} ({threads} threads) at batch sizes {sizes}, "
+          f"{args.raw_s:g} s each, and preprocessing", file=sys.stderr, flush=True)
+    try:
+        return bench_raw.measure(
+            args.model_repository, info["model"], payload, version=info.get("version") or None,
+            runtime=runtime, threads=threads, batch_sizes=sizes, seconds=args.raw_s,
+            runtime_python=args.runtime_python,
+        )
+    except (ValueError, OSError) as exc:
+        raise CliError(f"--raw: {exc}") from None
+    except RuntimeError as exc:  # RuntimeUnavailableError, ModelFileError
+        raise CliError(f"--raw: runtime {runtime}: {exc}") from None
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(results: list[Any], raw: Any, info: dict[str, Any]) -> str:
+    """The human-readable table of a bench run."""
+    lines = [f"model {info.get('model')} v{info.get('version')} ({info.get('platform')}), "
+             f"window {results[0].window_s:.1f} s per level" if results else "no levels"]
+    head = ("protocol", "load", "img/s", "p50", "p90", "p95", "p99", "errors", "queue", "pre/req",
+            "infer/b", "batch", "busy", "cpu/req", "÷L")
+    rows = [head]
+    limit = raw.limit_img_s if raw is not None else None
+    for r in results:
+        s = r.server or {}
+        lat = r.latency_ms
+        errors = ",".join(f"{k}={v}" for k, v in sorted(r.errors.items())) or "0"
+        rows.append((
+            r.protocol, r.level.label, _fmt(r.throughput), _fmt(lat.get("p50")), _fmt(lat.get("p90")),
+            _fmt(lat.get("p95")), _fmt(lat.get("p99")), errors, _fmt(s.get("queue_ms_per_image")),
+            _fmt(s.get("preprocess_ms_per_request")), _fmt(s.get("inference_ms_per_batch")),
+            _fmt(s.get("mean_batch_size"), ".2f"), _fmt(s.get("instance_busy"), ".2f"),
+            _fmt(r.client_cpu_ms_per_request, ".2f"), _fmt(r.throughput / limit if limit else None, ".2f"),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    for row in rows:
+        cells = zip(row, widths, strict=True)
+        lines.append("  ".join(f"{c:>{w}}" if i > 1 else f"{c:<{w}}" for i, (c, w) in enumerate(cells)))
+    lines.append("latency ms (client, successful requests); queue = ms/image in the batch queue; pre/req = "
+                 "server decode+transform ms per request; infer/b = model ms per batch; busy = instance "
+                 "time share; cpu/req = this bench's CPU ms per request")
+    if raw is not None:
+        lines.append("")
+        lines.append(f"raw: {raw.runtime} v{raw.version}, {raw.threads} threads, {raw.where}")
+        for b, ms in sorted(raw.batch_ms.items()):
+            lines.append(f"  batch {b:>3}: {ms:8.2f} ms/batch  {raw.img_s(b):8.1f} img/s")
+        pre = raw.preprocess_ms_per_image
+        lines.append(f"  preprocessing (decode + eval transform, 1 thread): {pre:.2f} ms/image")
+        lines.append(f"  L = 1 / ({raw.model_ms_per_image:.2f} ms model at batch {raw.best_batch} + "
+                     f"{raw.preprocess_ms_per_image:.2f} ms preprocessing) = {raw.limit_img_s:.1f} img/s")
+    return "\n".join(lines)
+
+
+def write_plot(path: Path, results: list[Any], raw: Any) -> None:
+    """Throughput vs p99 latency, one line per protocol, each point labelled with its load level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for protocol in dict.fromkeys(r.protocol for r in results):
+        points = [(r.latency_ms.get("p99"), r.throughput, r.level.label) for r in results
+                  if r.protocol == protocol and r.latency_ms]
+        if not points:
+            continue
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=protocol)
+        for x, y, label in points:
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    top = max([r.throughput for r in results] + [1.0])
+    if raw is not None:
+        top = max(top, raw.limit_img_s)
+        ax.axhline(raw.limit_img_s, color="black", linestyle="--", linewidth=1,
+                   label=f"L = {raw.limit_img_s:.1f} img/s (model + preprocessing)")
+        model_only = 1000.0 / raw.model_ms_per_image
+        label = f"model only, batch {raw.best_batch}: {model_only:.1f} img/s"
+        if model_only <= 1.5 * top:
+            top = max(top, model_only)
+            ax.axhline(model_only, color="grey", linestyle=":", linewidth=1, label=label)
+        else:  # far off the scale of the served points: named in the legend only
+            ax.plot([], [], color="grey", linestyle=":", label=label + " (off scale)")
+    ax.set_xlabel("p99 latency (ms)")
+    ax.set_ylabel("throughput (images/s)")
+    ax.set_title("ddrnet bench: throughput vs p99 latency")
+    ax.set_ylim(0, 1.15 * top)
+    ax.set_xlim(left=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clients.bench import parse_levels
+
+    protocols = _protocols(args.protocol)
+    try:
+        levels = parse_levels(args.concurrency or (None if args.request_rate else "1,4,16,32"),
+                              args.request_rate, args.request_distribution)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    for name in ("warmup_s", "measure_s", "raw_s"):
+        value = getattr(args, name)
+        if not (0 <= value <= 3600) or (name != "warmup_s" and value == 0):
+            raise CliError(f"--{name.replace('_', '-')} must be in (0, 3600] seconds, got {value}")
+    if args.batch_size < 1 or args.max_outstanding < 1 or args.timeout <= 0:
+        raise CliError("--batch-size, --max-outstanding and --timeout must be positive")
+    if args.raw:
+        if args.model_repository is None:
+            raise CliError("--raw needs --model-repository DIR (the repository the server serves)")
+        if not args.model_repository.is_dir():
+            raise CliError(f"--model-repository {args.model_repository} is not a directory")
+        _int_list(args.raw_batch_sizes, "--raw-batch-sizes")
+    addresses = _addresses(args, protocols)
+    files, payload = _payload(args)
+
+    results, info = asyncio.run(_served(args, protocols, addresses, payload, levels))
+    raw = _raw(args, info, payload) if args.raw else None
+    print(format_report(results, raw, info))
+
+    report: dict[str, Any] = {
+        "server": {k: v for k, v in addresses.items() if v},
+        **info,
+        "payload": {"images": [str(p) for p in files], "batch_size": args.batch_size},
+        "warmup_s": args.warmup_s,
+        "measure_s": args.measure_s,
+        "levels": [r.to_dict() for r in results],
+        "raw": raw.to_dict() if raw is not None else None,
+    }
+    if raw is not None:
+        for entry, r in zip(report["levels"], results, strict=True):
+            entry["served_over_L"] = round(r.throughput / raw.limit_img_s, 4)
+            entry["served_over_model_raw"] = round(r.throughput * raw.model_ms_per_image / 1000.0, 4)
+    if args.json_file is not None:
+        args.json_file.parent.mkdir(parents=True, exist_ok=True)
+        args.json_file.write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot is not None:
+        write_plot(args.plot, results, raw)
+    return 0
