@@ -67,9 +67,21 @@ def child(args: argparse.Namespace) -> None:
                 break
         throughput[str(n)] = n * iters / elapsed
     info = runtime.describe()
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
     print(json.dumps({"describe": info, "load_s": load_s, "first_batch_s": first_s, "img_per_s": throughput,
-                      "peak_rss_mib": peak_mib, "python": platform.python_version()}))
+                      "peak_rss_mib": peak_rss_mib(), "python": platform.python_version()}))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. VmHWM belongs to the address space, which exec replaces;
+    ru_maxrss is not used because Linux carries it over from the forked parent across exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # -- parent: versions, the grid of child runs, the table ------------------------------------------------
