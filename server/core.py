@@ -174,6 +174,12 @@ class DataPlane:
         """Stop accepting: readiness turns false, new requests get UNAVAILABLE."""
         self.draining = True
 
+    def precheck(self, model: str, version: str | None = None) -> None:
+        """Refuse early what would be refused anyway (unknown model or version, not ready, shutting
+        down, queue full), so a front end need not read a large request body first."""
+        served = self._admit(model, version)
+        served.batcher.reserve(1).release()  # QUEUE_FULL / UNAVAILABLE (and counted) when refused
+
     # -- deadlines ---------------------------------------------------------------------------------
 
     def deadline(self, client_timeout_s: float | None = None) -> float:

@@ -23,7 +23,6 @@ UNAUTHENTICATED). The call's deadline caps the request's; a cancelled call leave
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import math
@@ -354,13 +353,3 @@ def create_server(core: DataPlane, health: HealthReporter) -> tuple[grpc.aio.Ser
     if not port:
         raise OSError(f"cannot bind gRPC to {address}")
     return server, port
-
-
-@contextlib.asynccontextmanager
-async def running(server: grpc.aio.Server) -> AsyncIterator[grpc.aio.Server]:
-    """Start ``server``; stop it (no grace) on exit."""
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(None)

@@ -204,6 +204,7 @@ def create_app(core: DataPlane) -> FastAPI:
     async def classify(request: Request, model: str, version: str | None, top_k: int | None) -> Response:
         started = time.monotonic()
         try:
+            core.precheck(model, version)  # before reading a body that would be refused anyway
             images, body_top_k = await _classify_inputs(request, settings)
             timeout_s = _header_timeout(request)
         except ServingError as err:
@@ -289,6 +290,7 @@ def create_app(core: DataPlane) -> FastAPI:
     async def infer(request: Request, model: str, version: str | None) -> Response:
         started = time.monotonic()
         try:
+            core.precheck(model, version)
             parsed, binary_outputs, requested = await _infer_inputs(request, settings)
             timeout_s = _header_timeout(request)
             oip_timeout = _oip_timeout(parsed.parameters)

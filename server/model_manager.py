@@ -353,15 +353,11 @@ class ModelManager:
             return
         self._reported.add(key)
         log.error("model %s version %d is not complete and will not be served: %s", name, version, why)
-        self.metrics.model_load_failures_total.labels(self._label(name), "incomplete").inc()
+        self.metrics.model_load_failures_total.labels(name, "incomplete").inc()
 
     @staticmethod
     def _key(name: str, version: int, manifest: repo.ModelManifest) -> tuple[str, int, str]:
         return (name, version, f"{manifest.created_at}/{manifest.source_checkpoint_sha256}")
-
-    def _label(self, name: str) -> str:
-        """Metric label for a model name read from the repository (directory names are validated)."""
-        return name
 
     # -- loading -----------------------------------------------------------------------------------
 
@@ -410,7 +406,7 @@ class ModelManager:
             raise
         info = instances[0].worker.describe()
         seconds = time.monotonic() - started
-        self.metrics.model_load_seconds.labels(self._label(name), str(version)).observe(seconds)
+        self.metrics.model_load_seconds.labels(name, str(version)).observe(seconds)
         served = ServedVersion(
             model=name, version=str(version), version_dir=vdir, manifest=manifest, transform=transform,
             instances=instances, runtime=str(info.get("runtime") or self.runtime),
@@ -423,7 +419,7 @@ class ModelManager:
         self, name: str, version: int, manifest: repo.ModelManifest, reason: str, message: str
     ) -> ServingError:
         self._failed[self._key(name, version, manifest)] = message
-        self.metrics.model_load_failures_total.labels(self._label(name), reason).inc()
+        self.metrics.model_load_failures_total.labels(name, reason).inc()
         log.error("model %s version %d failed to load and will not be served: %s", name, version, message)
         return ServingError(ErrorKind.UNAVAILABLE, message, reason=reason)
 
