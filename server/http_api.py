@@ -39,7 +39,7 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 BINARY_HEADER = "Inference-Header-Content-Length"
+OFF_LOOP_BYTES = 256 * 1024  # bodies above this are parsed in a thread
 CLIENT_CLOSED = 499  # nginx's status for "client closed the request" (nobody reads it)
 
 T = TypeVar("T")
@@ -291,12 +292,11 @@ def create_app(core: DataPlane) -> FastAPI:
         started = time.monotonic()
         try:
             core.precheck(model, version)
-            parsed, binary_outputs, requested = await _infer_inputs(request, settings)
+            parsed, binary_outputs, requested, inputs = await _infer_inputs(request, settings)
             timeout_s = _header_timeout(request)
             oip_timeout = _oip_timeout(parsed.parameters)
             if oip_timeout is not None:
                 timeout_s = oip_timeout if timeout_s is None else min(timeout_s, oip_timeout)
-            inputs = _decode_inputs(parsed)
         except ServingError as err:
             core.observe_error(model, "http", err, started)
             raise
@@ -467,12 +467,20 @@ async def _classify_inputs(request: Request, settings: Any) -> tuple[list[bytes]
         )
     body = await read_body(request, settings.max_request_bytes)
     if media == "application/json":
-        return _classify_json_body(body)
+        return await _off_loop(len(body), _classify_json_body, body)
     if media == "multipart/form-data":
         return await _classify_multipart(request, body, settings.max_images_per_request)
     if not body:
         raise ServingError(ErrorKind.INVALID_ARGUMENT, "empty request body: no image", reason="empty")
     return [body], None
+
+
+async def _off_loop(size: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``, in a thread when the body is large: parsing megabytes of JSON or base64 takes
+    tens of milliseconds, which would stall every other request on the event loop."""
+    if size <= OFF_LOOP_BYTES:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
 
 
 def _classify_json_body(body: bytes) -> tuple[list[bytes], int | None]:
@@ -553,13 +561,17 @@ def _oip_timeout(parameters: dict[str, Any] | None) -> float | None:
     return float(value) / 1e6
 
 
-async def _infer_inputs(
-    request: Request, settings: Any
-) -> tuple[InferRequestModel, dict[str, bool], list[str] | None]:
-    """Parse an OIP infer body: (request with each input's ``data`` decoded lazily, binary-output
-    choice per output name, requested output names or None)."""
+ParsedInfer = tuple[InferRequestModel, dict[str, bool], list[str] | None, list[InferInput]]
+
+
+async def _infer_inputs(request: Request, settings: Any) -> ParsedInfer:
+    """Read and parse an OIP infer body (off the event loop when large)."""
     body = await read_body(request, settings.max_request_bytes)
-    header_length = request.headers.get(BINARY_HEADER)
+    return await _off_loop(len(body), _parse_infer, body, request.headers.get(BINARY_HEADER))
+
+
+def _parse_infer(body: bytes, header_length: str | None) -> ParsedInfer:
+    """(request, binary-output choice per output name, requested output names or None, decoded inputs)."""
     binary = b""
     if header_length is not None:
         try:
@@ -594,7 +606,7 @@ async def _infer_inputs(
             outputs[out.name] = bool(out_params.get("binary_data", default_binary))
             requested.append(out.name)
     outputs["*"] = default_binary
-    return parsed, outputs, requested
+    return parsed, outputs, requested, _decode_inputs(parsed)
 
 
 def _attach_binary(parsed: InferRequestModel, binary: bytes) -> None:
