@@ -237,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
         title = f"{model} v{summary['model_version']} on {args.data} (top-1 {summary['top1']:.2f}%)"
         write_confusion_matrix(Path(matrix_path), np.asarray(summary["confusion_matrix"]), summary["classes"],
                                title)
+    for item in summary["skipped"]:
+        print(f"skipped {item['file']}: {item['reason']}", file=sys.stderr)
     if getattr(args, "json", False):
         print(json.dumps(summary))
         return 0
@@ -249,8 +251,6 @@ def run(args: argparse.Namespace) -> int:
         for name, entry in summary["per_class"].items():
             acc = "-" if entry["top1"] is None else f"{entry['top1']:6.2f}%"
             print(f"  {name:<{width}}  {acc}  ({entry['images']} images)")
-    for item in summary["skipped"]:
-        print(f"skipped {item['file']}: {item['reason']}", file=sys.stderr)
     return 0
 
 
