@@ -19,6 +19,7 @@ later; the mappings stay valid until both sides close them. Python 3.7 compatibl
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import tempfile
@@ -34,6 +35,23 @@ PREFIX = "ddrnet-"
 def default_dir() -> str:
     """``/dev/shm`` (RAM-backed) where it exists, else the temp directory (still page-cache backed)."""
     return SHM_DIR if os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK) else tempfile.gettempdir()
+
+
+def _reserve(fd: int, nbytes: int, directory: str) -> None:
+    """Size the file and claim its pages now: a tmpfs that is too small (Docker's /dev/shm is 64 MiB by
+    default) then fails here with a clear error, instead of SIGBUS at the first write into the map."""
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OSError(
+                errno.ENOSPC,
+                f"no room for {nbytes} bytes of shared memory in {directory} (enlarge it, e.g. "
+                "docker run --shm-size, or choose another directory)",
+            ) from None
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        os.ftruncate(fd, nbytes)  # a file system without fallocate
 
 
 class ShmArray:
@@ -53,13 +71,13 @@ class ShmArray:
 
     @classmethod
     def create(cls, shape: tuple[int, ...], dtype: str = "float32", directory: str | None = None) -> ShmArray:
-        """Create (size, zero-fill lazily) and map a new file; the caller owns and must unlink it."""
+        """Create, reserve and map a new zero-filled file; the caller owns and must unlink it."""
         directory = directory or default_dir()
         nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
         path = os.path.join(directory, f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, nbytes)
+            _reserve(fd, nbytes, directory)
             mm = mmap.mmap(fd, nbytes)
         except OSError:
             os.close(fd)

@@ -249,8 +249,12 @@ class WorkerInstance:
 
     async def _spawn_and_load(self) -> None:
         await self._reap()
-        self._inputs = ShmArray.create(self.input_shape, "float32", self.shm_dir)
-        self._outputs = ShmArray.create(self.output_shape, "float32", self.shm_dir)
+        try:
+            self._inputs = ShmArray.create(self.input_shape, "float32", self.shm_dir)
+            self._outputs = ShmArray.create(self.output_shape, "float32", self.shm_dir)
+        except OSError as exc:
+            await self._reap()
+            raise ServingError(ErrorKind.UNAVAILABLE, f"instance {self.name}: shared memory: {exc}") from None
         self._load.input = self._inputs.spec()
         self._load.output = self._outputs.spec()
         try:

@@ -265,6 +265,10 @@ def test_bad_device_or_runtime_is_a_clear_start_error(version: str, manifest: di
 
     run(scenario(), timeout=60)
     assert list(shm_dir.iterdir()) == []  # failed starts leave no shared memory behind
+    inst = WorkerInstance(version, manifest, runtime="onnxruntime", shm_dir="/nonexistent-shm-dir")
+    with pytest.raises(ServingError, match=r"shared memory: .*nonexistent-shm-dir") as info:
+        run(inst.start(), timeout=60)
+    assert info.value.kind is ErrorKind.UNAVAILABLE and inst.pid is None
     with pytest.raises(ValueError, match="is not an executable file"):
         WorkerInstance(version, manifest, python="/nonexistent/python3.7")
 
