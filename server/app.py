@@ -6,8 +6,9 @@ Lifecycle (:func:`serve`):
    ``grpc_port`` -1 disables gRPC) and print the bound URLs on stdout; health answers from now on:
    live, not ready;
 2. load and warm every model (:meth:`ModelManager.start`); a model that cannot be loaded at all (a
-   missing device, a broken runtime) is a start-up error: the process exits 1 with one line naming
-   it; then start polling the repository and print ``ready``;
+   missing device, a broken runtime) is a start-up error (:class:`StartupError`, which ``ddrnet
+   serve`` prints as one line naming the model and the cause, exit status 2); then start polling
+   the repository and print ``ready``;
 3. on SIGTERM or SIGINT: stop accepting (readiness 503 / NOT_SERVING, new requests UNAVAILABLE) while
    the listeners stay open, finish everything queued and in flight (bounded by
    ``shutdown_timeout_s``), stop the workers, let the front ends send the last responses, exit 0.

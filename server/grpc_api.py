@@ -17,7 +17,8 @@ Errors are gRPC statuses from ``server.errors`` (INVALID_ARGUMENT, NOT_FOUND, UN
 UNAUTHENTICATED). The call's deadline caps the request's; a cancelled call leaves the queue. With an
 ``auth_token`` the inference RPCs (Classify, ClassifyStream, ModelInfer) require metadata
 ``authorization: Bearer <token>``; health, metadata and reflection stay open. Message size limits are
-``max_request_bytes`` both ways; TLS when ``tls_cert``/``tls_key`` are set.
+``max_request_bytes`` both ways (grpc itself refuses a larger message with RESOURCE_EXHAUSTED before
+it reaches a handler); TLS when ``tls_cert``/``tls_key`` are set.
 """
 
 from __future__ import annotations
