@@ -179,9 +179,10 @@ def run_lite(
     server's Lite adapter, run by ``lite_tool.py verify`` under ``lite_python``.
 
     One thread by default: measured here, PyPI's mindspore-lite 2.0.0 with ``thread_num`` 2 or more
-    returns wrong DDRNet logits (max |diff| about 1-4) after ``resize`` to a new batch size in some
-    size sequences (e.g. 1 → 3 → 6), while one thread, or a Model resized only once, is exact. That
-    is a property of the runtime configuration, not of the file, which this step verifies."""
+    returns wrong DDRNet-23-slim logits at image size 64 (max |diff| about 1-4) after ``resize`` to a
+    new batch size in some size sequences (e.g. 1 → 3 → 6), while one thread, or a Model resized only
+    once, is exact (at 224 both DDRNets were exact at 2 and 4 threads). That is a property of the
+    runtime configuration, not of the file, which this step verifies."""
     with tempfile.TemporaryDirectory(prefix="ddrnet-lite-verify-") as tmp:
         x_path, y_path = os.path.join(tmp, "x.npy"), os.path.join(tmp, "y.npz")
         np.save(x_path, batch)
