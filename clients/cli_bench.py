@@ -126,19 +126,25 @@ def _addresses(args: argparse.Namespace, protocols: list[str]) -> dict[str, str 
     return out
 
 
+def _package_dir(name: str) -> Path | None:
+    """Where an installed package lives, without importing it (importing sklearn takes seconds)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def default_images() -> list[Path]:
-    """The sample photos shipped with scikit-learn and scikit-image (those present)."""
-    import sklearn
-
-    paths = [Path(sklearn.__file__).parent / "datasets" / "images" / n for n in ("china.jpg", "flower.jpg")]
-    try:
-        import skimage
-
-        data = Path(skimage.__file__).parent / "data"
-        paths += [data / n for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg",
-                                     "motorcycle_left.png")]
-    except ImportError:
-        pass
+    """The sample photos shipped with scikit-learn and scikit-image (those installed)."""
+    paths = []
+    sklearn_dir, skimage_dir = _package_dir("sklearn"), _package_dir("skimage")
+    if sklearn_dir is not None:
+        paths += [sklearn_dir / "datasets" / "images" / n for n in ("china.jpg", "flower.jpg")]
+    if skimage_dir is not None:
+        names = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png")
+        paths += [skimage_dir / "data" / n for n in names]
     return [p for p in paths if p.is_file()]
 
 

@@ -26,13 +26,19 @@ IMAGE_SIZE = 32
 LABELS = [f"digit {i}" for i in range(NUM_CLASSES)]
 
 
+def package_dir(name: str) -> Path:
+    """Where an installed package lives, found without importing it (importing sklearn takes seconds)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.submodule_search_locations, f"{name} is not installed"
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def sample_images() -> list[Path]:
     """Real photos shipped with scikit-learn and scikit-image."""
-    import skimage
-    import sklearn
-
-    sk = Path(sklearn.__file__).parent / "datasets" / "images"
-    ski = Path(skimage.__file__).parent / "data"
+    sk = package_dir("sklearn") / "datasets" / "images"
+    ski = package_dir("skimage") / "data"
     photos = [ski / "astronaut.png", ski / "coffee.png", ski / "chelsea.png"]
     return [sk / "china.jpg", sk / "flower.jpg", *photos]
 
