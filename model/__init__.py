@@ -15,6 +15,8 @@ _LAZY = {
     "list_models": "model.registry",
     "load_zoo_checkpoint": "model.weights",
     "load_checkpoint": "model.weights",
+    "default_eval_config": "model.registry",  # MindSpore-free
+    "WeightLoadError": "model.weights",
 }
 
 __all__ = sorted(_LAZY)

@@ -38,7 +38,6 @@ def test_graph_mode_equals_pynative(variant, size):
     assert_logits_close(graph, eager, rel=1e-5)
 
 
-@pytest.mark.slow
 def test_graph_mode_at_224_with_a_dynamic_batch():
     """The zoo's 224 (other sizes: above), compiled once with a dynamic batch and run at 2 and 1."""
     net = _randomized("ddrnet23_slim", "zoo", num_classes=7)
