@@ -132,7 +132,8 @@ class DropPath(nn.Cell):
         if not self.training or self.rate == 0.0:
             return x
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        mask = ops.bernoulli(ops.ones(shape, x.dtype), p=self.keep)
+        # Drawn in float32 (CPU Bernoulli has no float16 kernel), then cast for AMP networks.
+        mask = ops.bernoulli(ops.ones(shape, ms.float32), p=self.keep).astype(x.dtype)
         return x * mask / self.keep
 
 

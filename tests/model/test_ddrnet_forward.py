@@ -107,3 +107,13 @@ def test_gradients_reach_every_parameter():
     params = net.trainable_params()
     dead = [p.name for p, g in zip(params, grads, strict=True) if not np.abs(g.asnumpy()).max() > 0]
     assert not dead, f"no gradient for {dead}"
+
+
+def test_amp_o2_training_forward_with_drop_path():
+    """float16 convs + float32 BN (the zoo recipe's AMP O2): the resize matrices and the drop-path mask
+    follow the float16 activations."""
+    net = ms.amp.auto_mixed_precision(create_model("ddrnet23_slim", num_classes=10, drop_path_rate=0.1), "O2")
+    net.set_train(True)
+    with ms_mode(ms.GRAPH_MODE):
+        out = net(Tensor(images((2, 3, 64, 64)))).asnumpy()
+    assert out.shape == (2, 10) and np.isfinite(out).all()

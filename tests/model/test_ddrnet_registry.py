@@ -130,3 +130,10 @@ def test_default_eval_config_needs_no_mindspore():
     }
     with pytest.raises(ValueError, match="unknown model 'x'"):
         default_eval_config("x")
+
+
+def test_fc_named_classifier_maps_to_linear(nets):
+    layout = reference("ddrnet23_slim_authors_pytorch_state_dict.json")
+    state = {n.replace("linear.", "fc."): np.full(s, 0.5, np.float32) for n, s in layout}
+    mapped = map_authors_state_dict(state, dict(_layout(nets[("ddrnet23_slim", "authors")])))
+    assert mapped["linear.weight"].shape == (1000, 1024) and "fc.weight" not in mapped
