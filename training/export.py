@@ -246,9 +246,20 @@ def _build_network(spec: ExportSpec) -> Any:
     ms.set_device("CPU", 0)
     net = models.create_model(spec.arch, num_classes=spec.num_classes, variant=spec.variant)
     try:
-        models.load_checkpoint(net, str(spec.checkpoint))
+        ignored = models.load_checkpoint(net, str(spec.checkpoint))
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError/OSError for bad files
         raise ExportError(f"cannot load checkpoint {spec.checkpoint} into {spec.arch}: {exc}") from None
+    # Optimizer state (moments.*, global_step, ...) is ignored by the loader; an ignored entry under one
+    # of the network's own modules is a weight this network would silently drop, e.g. the authors'
+    # stem conv biases loaded into a zoo-variant network.
+    modules = {p.name.split(".")[0] for p in net.get_parameters()}
+    stray = [n for n in ignored if n.split(".")[0] in modules]
+    if stray:
+        shown = ", ".join(stray[:6]) + (" ..." if len(stray) > 6 else "")
+        raise ExportError(
+            f"cannot load checkpoint {spec.checkpoint} into {spec.arch} ({spec.variant} variant): it holds "
+            f"weights this network does not use: {shown} (another variant or architecture?)"
+        )
     net.set_train(False)
     return net
 

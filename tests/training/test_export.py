@@ -98,6 +98,27 @@ def test_export_publishes_a_verified_version(checkpoint, tmp_path):
 
 
 @pytest.mark.slow
+def test_authors_variant_checkpoint_exports(tmp_path):
+    """A checkpoint in the authors' numerics (what ``ddrnet convert`` writes) exports and verifies."""
+    import mindspore as ms
+
+    import model
+
+    ms.set_seed(1)
+    path = tmp_path / "authors.ckpt"
+    net = model.create_model("ddrnet23_slim", num_classes=NUM_CLASSES, variant="authors")
+    ms.save_checkpoint(net, str(path))
+    result = export_model(_spec(path, tmp_path / "repo", variant="authors", formats=("onnx",)))
+    assert result.manifest.weight_variant == "authors"
+    assert result.manifest.verification["onnx"]["max_abs_diff"] <= 1e-3
+    # The zoo network cannot take the authors' stem conv biases: refused, nothing published.
+    message = r"weights this network does not use: conv1\.0\.bias, conv1\.3\.bias"
+    with pytest.raises(ExportError, match=message):
+        export_model(_spec(path, tmp_path / "repo2", variant="zoo", formats=("onnx",)))
+    _nothing_published(tmp_path / "repo2")
+
+
+@pytest.mark.slow
 def test_tampered_file_fails_verification_and_publishes_nothing(checkpoint, tmp_path):
     import onnx
     from onnx import numpy_helper
