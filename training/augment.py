@@ -160,7 +160,11 @@ def _affine(img: Image.Image, matrix: tuple, fill: tuple, resample: int) -> Imag
 
 
 def _posterize(img: Image.Image, bits: int, **_: object) -> Image.Image:
-    return img if bits >= 8 else ImageOps.posterize(img, max(bits, 0))
+    if bits >= 8:
+        return img
+    if bits <= 0:  # keeping 0 bits is black; Pillow >= 10 rejects bits=0 that timm's older Pillow took
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits)
 
 
 def _solarize_add(img: Image.Image, add: int, **_: object) -> Image.Image:

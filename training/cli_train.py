@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one config key (repeatable)")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                         help="continue from the newest checkpoint of output_dir, or from CKPT")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="N",
+                        help="stop after N epochs of this invocation (time-sliced jobs; --resume continues)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (summary lines only)")
 
 
@@ -27,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from training.config import ConfigError, load_config
     from training.device import DeviceError, prepare_cpu_env
 
+    if args.stop_after is not None and args.stop_after < 1:
+        raise CliError(f"--stop-after must be a positive number of epochs, got {args.stop_after}")
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
@@ -41,12 +45,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         setup_context(cfg.device_target)
         dist = init_distributed()  # the msrun scheduler process stays in here and exits
-        trainer = Trainer(cfg, dist, resume=args.resume, show_bar=False if args.no_progress else None)
+        trainer = Trainer(cfg, dist, resume=args.resume, show_bar=False if args.no_progress else None,
+                          stop_after=args.stop_after)
         result = trainer.run()
     except (DeviceError, DataError, TrainingError, CheckpointError) as exc:
         raise CliError(str(exc)) from None
     if dist.is_main:
         best = result["best_top1"]
-        print(f"done: {result['epoch']} epochs, {result['step']} steps; best val top-1 "
+        what = "done" if result["epoch"] >= cfg.epochs else "stopped (--resume continues)"
+        print(f"{what}: {result['epoch']}/{cfg.epochs} epochs, {result['step']} steps; best val top-1 "
               f"{best:.2f}% (epoch {result['best_epoch']}); run directory {cfg.output_dir}")
     return 0

@@ -2,9 +2,13 @@
 weights only.
 
 Parameters with one dimension or fewer (BatchNorm gamma/beta, biases) get no weight decay, as in the
-zoo and timm. The learning rate is a single ``learning_rate`` Parameter of the optimizer that the
-trainer sets before every step from ``training.schedules`` (:func:`set_lr`), so the LR follows the
-step counter exactly — also across overflow-skipped steps and resumes.
+zoo and timm. The learning rate is MindSpore's dynamic LR: the whole per-step schedule
+(``training.schedules``) is handed to the optimizer, which indexes it with its ``global_step``
+Parameter. That counter is saved in every checkpoint, so a resumed run continues at the same LR
+position. It advances with every applied update; a step skipped for a loss-scale overflow does not
+advance it (MindSpore's own behaviour). Setting a scalar LR Parameter from Python before each step is
+not an option: in MindSpore 2.10 PyNative an optimizer that has run once keeps using the LR value it
+first saw (``set_data``/``assign`` on ``learning_rate`` have no effect; measured).
 """
 
 from __future__ import annotations
@@ -28,10 +32,14 @@ def param_groups(net: nn.Cell, weight_decay: float) -> list[dict]:
     return groups
 
 
-def build_optimizer(cfg, net: nn.Cell, initial_lr: float) -> nn.Optimizer:
-    """The optimizer named by ``cfg.optimizer`` over ``net``'s trainable parameters."""
+def build_optimizer(cfg, net: nn.Cell, lr_schedule: np.ndarray) -> nn.Optimizer:
+    """The optimizer named by ``cfg.optimizer`` over ``net``'s trainable parameters, following the
+    per-step ``lr_schedule`` (at least 2 entries)."""
     groups = param_groups(net, cfg.weight_decay)
-    lr = ms.Tensor(np.float32(initial_lr))
+    schedule = np.asarray(lr_schedule, dtype=np.float32)
+    if schedule.size < 2:  # a 1-element Tensor would be read as a constant LR
+        schedule = np.repeat(schedule, 2)
+    lr = ms.Tensor(schedule)
     if cfg.optimizer == "momentum":
         return nn.Momentum(groups, learning_rate=lr, momentum=cfg.momentum, use_nesterov=cfg.use_nesterov)
     if cfg.optimizer == "sgd":
@@ -47,10 +55,6 @@ def build_optimizer(cfg, net: nn.Cell, initial_lr: float) -> nn.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
-def set_lr(optimizer: nn.Optimizer, lr: float) -> None:
-    """Set the optimizer's (single, shared) learning rate for the next step."""
-    optimizer.learning_rate.set_data(ms.Tensor(np.float32(lr)))
-
-
-def get_lr(optimizer: nn.Optimizer) -> float:
-    return float(optimizer.learning_rate.asnumpy())
+def lr_position(optimizer: nn.Optimizer) -> int:
+    """Updates applied so far: the index of the LR the next update uses."""
+    return int(optimizer.global_step.asnumpy().reshape(-1)[0])

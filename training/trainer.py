@@ -4,8 +4,8 @@ One :class:`Trainer` per process. Under msrun every worker runs the same loop on
 gradients are averaged in the step; rank 0 alone writes the run directory (config, run.json,
 labels, log, checkpoints). The train step (forward, scaled loss, gradients, all-reduce, unscale,
 finite check, dynamic scale update, global-norm clip, optimizer) is one function, compiled with
-``mindspore.jit`` when ``jit`` is on. The learning rate is set from the per-step schedule before
-every step, so the step counter alone fixes the LR position.
+``mindspore.jit`` when ``jit`` is on. The learning rate follows the per-step schedule through the
+optimizer's own ``global_step`` (``training.optim``).
 
 Run directory (``output_dir``): ``config.yaml`` (resolved config), ``run.json`` (what export needs:
 arch, num_classes, labels, model_variant, eval preprocess, best/latest checkpoint), ``labels.txt``,
@@ -129,8 +129,9 @@ class Trainer:
     """Builds everything for ``cfg`` and runs the epochs. Call :meth:`run`."""
 
     def __init__(self, cfg: TrainConfig, dist: DistInfo | None = None, *, resume: str | bool | None = None,
-                 show_bar: bool | None = None) -> None:
+                 show_bar: bool | None = None, stop_after: int | None = None) -> None:
         self.cfg = cfg
+        self.stop_after = stop_after
         self.dist = dist or DistInfo()
         self.resume = resume
         self.show_bar = sys.stderr.isatty() if show_bar is None else show_bar
@@ -214,7 +215,7 @@ class Trainer:
         self.net, self.net_amp = build_network(cfg)
         self.net_amp.set_train(True)  # batch statistics in BatchNorm, drop-path on
         self.lrs = build_lr_schedule(cfg, self.steps_per_epoch, self.dist.world_size)
-        self.optimizer = build_optimizer(cfg, self.net, float(self.lrs[0]))
+        self.optimizer = build_optimizer(cfg, self.net, self.lrs)
         self.scaler = build_loss_scaler(cfg)
         self.scale_state = self.scaler if cfg.is_dynamic_loss_scale else _StaticScaleState(self.scaler)
         reducer = grad_reducer(self.optimizer.parameters, self.dist)
@@ -263,7 +264,7 @@ class Trainer:
         """Train to ``epochs``; returns the final state and last val metrics."""
         import mindspore as ms
 
-        from training.optim import set_lr
+        from training.optim import lr_position
 
         cfg = self.cfg
         self._prepare_data()
@@ -289,7 +290,9 @@ class Trainer:
                       f"{cfg.batch_size}, "
                       f"{self.steps_per_epoch} steps/epoch, {cfg.epochs} epochs")
         metrics: dict[str, float] | None = None
-        while self.state.epoch < cfg.epochs:
+        last_metrics: dict[str, float] | None = None
+        last_epoch = cfg.epochs if not self.stop_after else min(cfg.epochs, self.state.epoch + self.stop_after)
+        while self.state.epoch < last_epoch:
             epoch = self.state.epoch
             progress = EpochProgress(epoch, cfg.epochs, self.steps_per_epoch, global_batch, enabled=main,
                                      show_bar=self.show_bar, log=self.jlog, log_every=cfg.log_every_steps,
@@ -297,14 +300,13 @@ class Trainer:
             data = train_dataset(cfg, self.train_split, epoch, self.bad_log, rank=self.dist.rank,
                                  world_size=self.dist.world_size, skip_batches=self.state.step_in_epoch)
             iterator = data.create_tuple_iterator(num_epochs=1, output_numpy=True)
-            lr = float(self.lrs[min(self.state.step, len(self.lrs) - 1)])
+            lr = self._lr_now(lr_position)
             bad_seen = self.bad_log.size()
             try:
                 for images, targets in iterator:
                     if self.state.step_in_epoch >= self.steps_per_epoch:
                         break
-                    lr = float(self.lrs[min(self.state.step, len(self.lrs) - 1)])
-                    set_lr(self.optimizer, lr)
+                    lr = self._lr_now(lr_position)
                     loss, finite = self.train_step(ms.Tensor(images), ms.Tensor(targets))
                     self.state.step += 1
                     self.state.step_in_epoch += 1
@@ -327,14 +329,16 @@ class Trainer:
             self.state.epoch += 1
             self.state.step_in_epoch = 0
             last = self.state.epoch == cfg.epochs
+            pausing = self.state.epoch == last_epoch
             metrics = None
             if last or self.state.epoch % cfg.eval_every_epochs == 0:
                 metrics = self.evaluate()
+            last_metrics = metrics or last_metrics
             is_best = bool(metrics is not None and metrics["top1"] > self.state.best_top1)
             if is_best:
                 self.state.best_top1, self.state.best_epoch = float(metrics["top1"]), self.state.epoch
             skipped = len(self.bad_log.entries()) if main else 0
-            if last or (cfg.ckpt_every_epochs and self.state.epoch % cfg.ckpt_every_epochs == 0):
+            if last or pausing or (cfg.ckpt_every_epochs and self.state.epoch % cfg.ckpt_every_epochs == 0):
                 self._save(is_best=is_best)
             elif is_best:
                 self._save(is_best=True)
@@ -346,13 +350,18 @@ class Trainer:
                                 loss=round(progress.mean_loss, 6), lr=lr,
                                 img_per_s=round(progress.images_per_second, 2), seconds=round(seconds, 2),
                                 val=metrics, skipped_images=skipped)
-                self._write_run_json("running", last_val=metrics)
-        self._write_run_json("finished", last_val=metrics)
+                self._write_run_json("running", last_val=metrics or last_metrics)
+        status = "finished" if self.state.epoch >= cfg.epochs else "stopped"
+        self._write_run_json(status, last_val=metrics or last_metrics)
         self.jlog.write("finish", epoch=self.state.epoch, step=self.state.step,
-                        best_top1=self.state.best_top1, last_val=metrics)
+                        best_top1=self.state.best_top1, last_val=metrics or last_metrics)
         self.jlog.close()
         return {"epoch": self.state.epoch, "step": self.state.step, "best_top1": self.state.best_top1,
-                "best_epoch": self.state.best_epoch, "last_val": metrics}
+                "best_epoch": self.state.best_epoch, "last_val": metrics or last_metrics}
+
+    def _lr_now(self, lr_position) -> float:
+        """The LR the next update uses (the optimizer's own position in the schedule)."""
+        return float(self.lrs[min(lr_position(self.optimizer), len(self.lrs) - 1)])
 
     def _say(self, line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -36,8 +37,8 @@ def test_multistep_and_constant():
 
 
 def test_schedule_from_config_is_scaled_by_global_batch():
-    cfg = validate_config({"data_url": "/d", "epochs": 3, "warmup_length": 1, "base_lr": 0.1, "warmup_lr": 0.0,
-                           "min_lr": 0.0, "batch_size": 64, "lr_scheduler": "cosine_lr"})
+    cfg = validate_config({"data_url": "/d", "epochs": 3, "warmup_length": 1, "base_lr": 0.1,
+                           "warmup_lr": 0.0, "min_lr": 0.0, "batch_size": 64, "lr_scheduler": "cosine_lr"})
     lrs = build_lr_schedule(cfg, steps_per_epoch=4, world_size=2)
     assert lr_scale(128) == 0.5
     assert len(lrs) == 12
@@ -45,4 +46,4 @@ def test_schedule_from_config_is_scaled_by_global_batch():
     assert lrs[2] == pytest.approx(0.05 * 0.5)
     assert lrs[4] == pytest.approx(0.05)  # peak = 0.1 * 128 / 256
     assert lrs[8] == pytest.approx(0.025)  # half way through the cosine
-    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[4:]))

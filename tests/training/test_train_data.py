@@ -52,7 +52,7 @@ def test_scan_and_checks(folder, tmp_path):
         assert resolve_class_labels(folder, train.classes) == ["zero", "one", "two"]
     finally:
         (folder / "labels.txt").unlink()
-    with pytest.raises(DataError, match="num_classes is 10 but .* has 3 class folders"):
+    with pytest.raises(DataError, match=r"num_classes is 10 but .* has 3 class folders"):
         check_splits(_cfg(folder, num_classes=10), train, None)
     with pytest.raises(DataError, match="dataset folder not found"):
         scan_split(tmp_path / "nope")
@@ -61,7 +61,8 @@ def test_scan_and_checks(folder, tmp_path):
         scan_split(tmp_path / "empty")
     other = make_image_folder(tmp_path / "other", classes=3, train_per_class=1, val_per_class=1)
     (other / "val" / "2").rename(other / "val" / "7")
-    with pytest.raises(DataError, match=r"class folders differ .*only in train: \['2'\], only in val: \['7'\]"):
+    expected = r"class folders differ .*only in train: \['2'\], only in val: \['7'\]"
+    with pytest.raises(DataError, match=expected):
         check_splits(_cfg(folder), train, scan_split(other / "val"))
     assert steps_per_epoch(18, 4, 1) == 4 and steps_per_epoch(18, 4, 2) == 2 and steps_per_epoch(7, 8, 1) == 0
 
@@ -107,7 +108,8 @@ def test_eval_counts_every_image_once(folder, tmp_path):
     assert sorted(np.concatenate([r[1] for r in rows]).tolist()) == sorted(split.labels.tolist())
     from training.data import eval_transform
 
-    first = eval_transform(cfg)(open(split.paths[0], "rb").read())
+    with open(split.paths[0], "rb") as fh:
+        first = eval_transform(cfg)(fh.read())
     assert np.array_equal(rows[0][0][0], first)  # the model/ eval transform, bit for bit
     halves = [_batches(eval_dataset(cfg, split, BadImageLog(tmp_path / "b2.txt"), rank=r, world_size=2))
               for r in (0, 1)]

@@ -1,0 +1,116 @@
+"""`ddrnet train` / `ddrnet eval` end to end on tiny real-image folders (subprocesses, ~15 s per run).
+
+Resume equals an uninterrupted run; eval reproduces the run's own last eval; corrupt images are
+reported by path (fail) or skipped and listed (skip); loss falls.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from train_testutil import ddrnet, make_image_folder, tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("digits"), classes=3, train_per_class=8, val_per_class=5)
+
+
+def _ok(result):
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def _epochs(run_dir):
+    lines = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [x for x in lines if x["type"] == "epoch"]
+
+
+def _steps(run_dir):
+    lines = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [x for x in lines if x["type"] == "step"]
+
+
+def test_resume_continues_exactly_and_eval_matches(folder, tmp_path):
+    from training.checkpointing import read_checkpoint
+
+    # every random choice is seeded per (seed, epoch, image): RandAugment, erasing, mixup/cutmix stay on
+    common = {"auto_augment": "rand-m9-mstd0.5-inc1", "mix_up": 0.8, "cutmix": 1.0, "re_prob": 0.5,
+              "hflip": 0.5, "drop_path_rate": 0.0, "lr_scheduler": "cosine_lr", "epochs": 2, "warmup_length": 1}
+    straight = tiny_config(tmp_path, folder, "a.yaml", output_dir=str(tmp_path / "a"), **common)
+    sliced = tiny_config(tmp_path, folder, "b.yaml", output_dir=str(tmp_path / "b"), **common)
+    _ok(ddrnet("train", "--config", str(straight)))
+    first = _ok(ddrnet("train", "--config", str(sliced), "--stop-after", "1"))
+    assert "stopped (--resume continues): 1/2 epochs" in first.stdout
+    second = _ok(ddrnet("train", "--config", str(sliced), "--resume"))
+    assert "resuming from" in second.stderr and "e0001-s00000003.ckpt" in second.stderr
+
+    a_params, a_state = read_checkpoint(tmp_path / "a" / "checkpoints" / "latest.ckpt")
+    b_params, b_state = read_checkpoint(tmp_path / "b" / "checkpoints" / "latest.ckpt")
+    assert (a_state.epoch, a_state.step) == (b_state.epoch, b_state.step) == (2, 6)
+    assert int(a_params["global_step"].asnumpy()[0]) == int(b_params["global_step"].asnumpy()[0]) == 6
+    lr_a = [x["lr"] for x in _steps(tmp_path / "a")]
+    assert lr_a == [x["lr"] for x in _steps(tmp_path / "b")] and len(set(lr_a)) == 6  # warmup, then cosine
+    worst = max(float(np.abs(a_params[k].asnumpy() - b_params[k].asnumpy()).max()) for k in a_params)
+    assert worst < 1e-4, f"resumed weights differ from the uninterrupted run by {worst}"
+    assert [e["step"] for e in _epochs(tmp_path / "b")] == [3, 6]
+
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert run["status"] == "finished" and run["arch"] == "ddrnet23_slim" and run["num_classes"] == 3
+    assert run["labels"] == ["0", "1", "2"] and run["preprocess"]["image_size"] == 64
+    out = _ok(ddrnet("eval", "--config", str(straight), "--checkpoint",
+                     str(tmp_path / "a" / "checkpoints" / "latest.ckpt"), "--json"))
+    metrics = json.loads(out.stdout)
+    assert metrics["images"] == 15 and metrics["skipped_images"] == 0
+    assert metrics["top1"] == run["last_val"]["top1"]
+    assert metrics["top5"] == run["last_val"]["top5"]
+    assert metrics["loss"] == pytest.approx(run["last_val"]["loss"], rel=1e-5)
+    assert (tmp_path / "a" / "config.yaml").is_file() and (tmp_path / "a" / "labels.txt").is_file()
+
+
+def test_corrupt_images_fail_by_path_or_skip_and_loss_falls(folder, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    victim = sorted((data / "train" / "2").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:150])
+    cfg = tiny_config(tmp_path, data, epochs=4, base_lr=0.8, warmup_length=0, ckpt_every_epochs=0)
+    failed = ddrnet("train", "--config", str(cfg))
+    assert failed.returncode == 2
+    assert f"corrupt image {victim}" in failed.stderr and "Traceback" not in failed.stderr
+
+    ran = _ok(ddrnet("train", "--config", str(cfg), "--set", "corrupt_images=skip"))
+    run_dir = tmp_path / "run"
+    assert str(victim) in (run_dir / "bad_images.txt").read_text()
+    epochs = _epochs(run_dir)
+    assert [e["skipped_images"] for e in epochs] == [1, 1, 1, 1]
+    assert "skipped images 1" in ran.stderr
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    # ckpt_every_epochs 0: a checkpoint at the end, and one whenever val top-1 improved
+    run = json.loads((run_dir / "run.json").read_text())
+    ckpts = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    best = f"e{run['best_epoch']:04d}-s{2 * run['best_epoch']:08d}.ckpt"
+    assert ckpts <= {"best.ckpt", "latest.ckpt", "e0004-s00000008.ckpt", best}
+    assert {"best.ckpt", "latest.ckpt", "e0004-s00000008.ckpt"} <= ckpts
+
+
+def test_bad_config_and_missing_data_are_one_line_errors(folder, tmp_path):
+    cfg = tiny_config(tmp_path, folder)
+    result = ddrnet("train", "--config", str(cfg), "--set", "image_size=100", "--set", "warmup=3")
+    assert result.returncode == 2
+    assert "image_size: must be a multiple of 32" in result.stderr and "warmup: unknown key" in result.stderr
+    result = ddrnet("train", "--config", str(cfg), "--set", f"data_url={tmp_path / 'nothing'}")
+    assert result.returncode == 2 and "data_url: dataset folder not found" in result.stderr
+    result = ddrnet("train", "--config", str(cfg), "--set", "num_classes=4")
+    assert result.returncode == 2 and "num_classes is 4 but" in result.stderr
+    result = ddrnet("train", "--config", str(cfg), "--set", "device_target=GPU")
+    assert result.returncode == 2 and "device_target: GPU is not available" in result.stderr
+    result = ddrnet("train", "--config", str(cfg), "--resume")
+    assert result.returncode == 2 and "--resume: no checkpoint in" in result.stderr
+    result = ddrnet("eval", "--config", str(cfg), "--checkpoint", str(tmp_path / "none.ckpt"))
+    assert result.returncode == 2 and "checkpoint not found" in result.stderr
+    assert all("Traceback" not in r for r in (result.stderr,))
