@@ -3,7 +3,9 @@
 The same shape as the HTTP clients: ``classify(image)`` and ``classify_many(images)`` call
 ``ddrnet.v1.Classify/Classify`` (``classify_many`` sends requests of up to ``batch_size`` images);
 ``infer_images(images)`` calls the Open Inference Protocol v2 ``ModelInfer`` with the ``images``
-BYTES input and returns logits; ``ready()`` asks ``grpc.health.v1.Health``. Errors are the exceptions
+BYTES input and returns logits; ``classify_stream(images)`` sends one image per message over one
+bidirectional ``ClassifyStream`` call and yields ``(index, result or error)`` as answers arrive (for
+high-rate clients; not retried); ``ready()`` asks ``grpc.health.v1.Health``. Errors are the exceptions
 of :mod:`clients.errors` (a queue-full UNAVAILABLE carries the server's ``grpc-retry-pushback-ms``);
 UNAVAILABLE is retried with backoff (:mod:`clients.retry`).
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import oip
-from clients.errors import DeadlineExceededError, ServerInternalError, from_grpc
+from clients.errors import (
+    ClientError,
+    DeadlineExceededError,
+    ServerInternalError,
+    from_grpc,
+    from_grpc_number,
+)
 from clients.payload import ImageLike, to_bytes
 from clients.retry import RetryPolicy, acall_with_retry, call_with_retry
 from clients.types import ClassifyResult, ImageResult, Logits, merge, result_from_proto
@@ -121,6 +129,17 @@ class _GrpcBase:
         if top_k is not None:
             request.top_k = top_k
         return request
+
+    @staticmethod
+    def _stream_item(response: classify_pb2.ClassifyResponse) -> tuple[int, ImageResult | ClientError]:
+        """(request index, its result or its error) from one ClassifyStream response."""
+        index = int(response.id)
+        if response.HasField("error"):
+            return index, from_grpc_number(response.error.code, response.error.message)
+        result = result_from_proto(response)
+        if len(result) != 1:
+            return index, ServerInternalError(f"stream answer {index} has {len(result)} results, not 1")
+        return index, result[0]
 
     @staticmethod
     def _classify_result(response: classify_pb2.ClassifyResponse, count: int) -> ClassifyResult:
@@ -219,6 +238,31 @@ class GrpcClient(_GrpcBase):
         request = oip.grpc_request(name, chosen, [to_bytes(image) for image in images])
         reply = self._call(self._inference.ModelInfer, request, self._deadline(timeout))
         return oip.parse_grpc_response(reply)
+
+    def classify_stream(
+        self, images: Iterable[ImageLike], *, top_k: int | None = None, model: str | None = None,
+        version: str | int | None = None, timeout: float | None = None,
+    ) -> Iterator[tuple[int, ImageResult | ClientError]]:
+        """Classify ``images`` over one ``ClassifyStream`` call, one image per message; yields
+        ``(index, ImageResult or ClientError)`` as answers arrive (not in order). A failed image does
+        not end the stream; a broken call (deadline, server gone) raises. Streams are not retried;
+        ``timeout`` bounds the whole call."""
+        def requests() -> Iterator[classify_pb2.ClassifyRequest]:
+            for index, image in enumerate(images):
+                request = self._classify_request([to_bytes(image)], top_k, model, version)
+                request.id = str(index)
+                yield request
+
+        call = self._classify.ClassifyStream(
+            requests(), timeout=self._left(self._deadline(timeout)), metadata=self._metadata
+        )
+        try:
+            for response in call:
+                yield self._stream_item(response)
+        except grpc.RpcError as exc:
+            raise from_grpc(exc) from None
+        finally:
+            call.cancel()
 
     def ready(self, timeout: float | None = 5.0) -> bool:
         """Whether the server reports SERVING on ``grpc.health.v1.Health``; UnavailableError when
@@ -339,6 +383,43 @@ class AsyncGrpcClient(_GrpcBase):
         name, chosen = self._names(model, version)
         request = oip.grpc_request(name, chosen, [to_bytes(image) for image in images])
         return oip.parse_grpc_response(await self._call("ModelInfer", request, self._deadline(timeout)))
+
+    async def classify_stream(
+        self, images: Iterable[ImageLike] | AsyncIterable[ImageLike], *, top_k: int | None = None,
+        model: str | None = None, version: str | int | None = None, timeout: float | None = None,
+    ) -> AsyncIterator[tuple[int, ImageResult | ClientError]]:
+        """Classify ``images`` (an iterable or async iterable) over one ``ClassifyStream`` call; yields
+        ``(index, ImageResult or ClientError)`` as answers arrive (see :meth:`GrpcClient.classify_stream`)."""
+        self._open()
+
+        async def requests() -> AsyncIterator[classify_pb2.ClassifyRequest]:
+            index = 0
+            if isinstance(images, AsyncIterable):
+                async for image in images:
+                    yield self._request_at(index, image, top_k, model, version)
+                    index += 1
+            else:
+                for image in images:
+                    yield self._request_at(index, image, top_k, model, version)
+                    index += 1
+
+        call = self._classify.ClassifyStream(
+            requests(), timeout=self._left(self._deadline(timeout)), metadata=self._metadata
+        )
+        try:
+            async for response in call:
+                yield self._stream_item(response)
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc) from None
+        finally:
+            call.cancel()
+
+    def _request_at(
+        self, index: int, image: ImageLike, top_k: int | None, model: str | None, version: Any
+    ) -> classify_pb2.ClassifyRequest:
+        request = self._classify_request([to_bytes(image)], top_k, model, version)
+        request.id = str(index)
+        return request
 
     async def ready(self, timeout: float | None = 5.0) -> bool:
         self._open()

@@ -250,6 +250,36 @@ def test_queue_full_is_retried_until_answered(strict, small):
     assert retries and all(isinstance(e, errors.QueueFullError) for e in retries)
 
 
+def test_classify_stream_answers_every_image_and_isolates_a_bad_one(server, photos):
+    paths, logits = photos
+    images = [*paths[:2], b"not an image", *paths[2:]]
+    expected = logits.argmax(axis=1).tolist()
+    expected = [*expected[:2], None, *expected[2:]]
+
+    def check(items):
+        by_index = dict(items)
+        assert sorted(by_index) == list(range(len(images)))
+        for index, want in enumerate(expected):
+            got = by_index[index]
+            if want is None:
+                assert isinstance(got, errors.InvalidInputError) and "decode" in got.message
+            else:
+                assert got.top.index == want and got.model_version == "1"
+
+    with GrpcClient(server.grpc, model="tiny") as client:
+        check(list(client.classify_stream(images, top_k=2)))
+
+    async def main():
+        async def produce():
+            for image in images:
+                yield image
+
+        async with AsyncGrpcClient(server.grpc, model="tiny") as client:
+            return [item async for item in client.classify_stream(produce())]
+
+    check(asyncio.run(main()))
+
+
 def test_server_health_and_metadata(server):
     with HttpClient(server.http, model="tiny") as http, GrpcClient(server.grpc, model="tiny") as grpc_client:
         assert http.ready() and grpc_client.ready()
