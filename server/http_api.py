@@ -508,7 +508,15 @@ async def _classify_multipart(
     parser = MultiPartParser(request.headers, stream(), max_files=max_files, max_fields=16)
     try:
         form = await parser.parse()
-    except (MultiPartException, UnicodeDecodeError, ValueError, KeyError) as exc:
+    except MultiPartException as exc:
+        if "too many files" in str(exc).lower():  # Starlette's own max_files check fires first
+            raise ServingError(
+                ErrorKind.PAYLOAD_TOO_LARGE,
+                f"request has more than {max_files} images; at most {max_files} per request",
+                reason="too_many_images",
+            ) from None
+        raise ServingError(ErrorKind.INVALID_ARGUMENT, f"malformed multipart body: {exc}") from None
+    except (UnicodeDecodeError, ValueError, KeyError) as exc:
         raise ServingError(ErrorKind.INVALID_ARGUMENT, f"malformed multipart body: {exc}") from None
     try:
         images: list[bytes] = []

@@ -225,6 +225,9 @@ def test_limits_and_unknown_names(repository) -> None:
             assert bomb.status_code == 413 and "pixels" in bomb.json()["error"]
             many = await client.post(url, json={"images": [b64(sf.colour_image("red"))] * 3})
             assert many.status_code == 413 and "at most 2" in many.json()["error"]
+            files = [("file", (f"{i}.png", sf.colour_image("red"), "image/png")) for i in range(3)]
+            many_parts = await client.post(url, files=files)
+            assert many_parts.status_code == 413 and "at most 2" in many_parts.json()["error"]
             gz = gzip.compress(b"\0" * 100_000)
             inflated = await client.post(url, content=gz, headers={**png, "content-encoding": "gzip"})
             assert inflated.status_code == 413 and "decompressed" in inflated.json()["error"]
