@@ -291,7 +291,9 @@ class Trainer:
                       f"{self.steps_per_epoch} steps/epoch, {cfg.epochs} epochs")
         metrics: dict[str, float] | None = None
         last_metrics: dict[str, float] | None = None
-        last_epoch = cfg.epochs if not self.stop_after else min(cfg.epochs, self.state.epoch + self.stop_after)
+        last_epoch = cfg.epochs
+        if self.stop_after:
+            last_epoch = min(cfg.epochs, self.state.epoch + self.stop_after)
         while self.state.epoch < last_epoch:
             epoch = self.state.epoch
             progress = EpochProgress(epoch, cfg.epochs, self.steps_per_epoch, global_batch, enabled=main,

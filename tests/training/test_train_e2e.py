@@ -41,7 +41,8 @@ def test_resume_continues_exactly_and_eval_matches(folder, tmp_path):
 
     # every random choice is seeded per (seed, epoch, image): RandAugment, erasing, mixup/cutmix stay on
     common = {"auto_augment": "rand-m9-mstd0.5-inc1", "mix_up": 0.8, "cutmix": 1.0, "re_prob": 0.5,
-              "hflip": 0.5, "drop_path_rate": 0.0, "lr_scheduler": "cosine_lr", "epochs": 2, "warmup_length": 1}
+              "hflip": 0.5, "drop_path_rate": 0.0, "lr_scheduler": "cosine_lr", "epochs": 2,
+              "warmup_length": 1}
     straight = tiny_config(tmp_path, folder, "a.yaml", output_dir=str(tmp_path / "a"), **common)
     sliced = tiny_config(tmp_path, folder, "b.yaml", output_dir=str(tmp_path / "b"), **common)
     _ok(ddrnet("train", "--config", str(straight)))
