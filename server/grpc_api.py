@@ -18,7 +18,10 @@ UNAUTHENTICATED). The call's deadline caps the request's; a cancelled call leave
 ``auth_token`` the inference RPCs (Classify, ClassifyStream, ModelInfer) require metadata
 ``authorization: Bearer <token>``; health, metadata and reflection stay open. Message size limits are
 ``max_request_bytes`` both ways (grpc itself refuses a larger message with RESOURCE_EXHAUSTED before
-it reaches a handler); TLS when ``tls_cert``/``tls_key`` are set.
+it reaches a handler); TLS when ``tls_cert``/``tls_key`` are set. A request message that is not valid
+protobuf (a string field holding invalid UTF-8, a length cut short) is INVALID_ARGUMENT naming the
+message type, on every service (:class:`MalformedRequestGuard`), not grpc's UNKNOWN with the parser's
+exception class.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
@@ -311,6 +315,83 @@ class HealthReporter:
         await self.servicer.enter_graceful_shutdown()
 
 
+# -- malformed request messages ------------------------------------------------------------------------
+
+
+class _Malformed:
+    """A request message that did not parse; the handler answers it with INVALID_ARGUMENT."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:  # grpc would answer UNKNOWN "Unexpected <class ...DecodeError>"
+            return _Malformed(f"cannot parse the request message: {exc}")
+
+    return deserialize
+
+
+class MalformedRequestGuard(grpc.aio.ServerInterceptor):
+    """Answers a request message that is not valid protobuf with INVALID_ARGUMENT, on every method.
+
+    grpc runs the request deserializer before any handler and answers its exception with UNKNOWN and
+    the exception's class; this interceptor swaps in a deserializer that keeps the parse error, and
+    wraps the handler so that a malformed message (a unary request, or any message of a request
+    stream) ends the call with INVALID_ARGUMENT and the parser's message.
+    """
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = _lenient(handler.request_deserializer)
+        serialize = handler.response_serializer
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                return await inner_uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, parse, serialize)
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                async for response in inner_us(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, parse, serialize)
+
+        async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            async for request in requests:
+                if isinstance(request, _Malformed):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+                yield request
+
+        if handler.stream_unary is not None:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                return await inner_su(checked(requests, context), context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, parse, serialize)
+        inner_ss = handler.stream_stream
+
+        async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            async for response in inner_ss(checked(requests, context), context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, parse, serialize)
+
+
 # -- the server -----------------------------------------------------------------------------------------
 
 
@@ -325,6 +406,7 @@ def create_server(core: DataPlane, health: HealthReporter) -> tuple[grpc.aio.Ser
     settings = core.settings
     limit = settings.max_request_bytes
     server = grpc.aio.server(
+        interceptors=[MalformedRequestGuard()],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
