@@ -1,0 +1,94 @@
+"""Shared pieces of the reliability tests: a real ``ddrnet serve`` process whose workers run the
+synthetic model of ``benchmarks/slow_runtime.py`` (fast by default, slow on request), test images, and
+readers for /metrics and /proc.
+
+:class:`SlowServer` is ``tests/server/server_fixtures.ServerProcess`` (loopback, free ports, bounded
+wait for ``ready``, always killed) started through ``slow_runtime.py serve``: the real option parsing,
+settings, HTTP and gRPC front ends, batcher, worker processes and shared memory; only the runtime
+adapter is the synthetic one, whose service time (``delay_ms``) is known and whose log file records
+every image the model was given (``model_log``).
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+for extra in (REPO_ROOT / "tests" / "server", REPO_ROOT / "benchmarks"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+import server_fixtures as sf  # noqa: E402
+import slow_runtime  # noqa: E402
+
+MODEL = "slow"
+LABELS = slow_runtime.LABELS
+COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}
+
+
+class SlowServer(sf.ServerProcess):
+    """``ddrnet serve`` on the synthetic model (see the module docstring). ``delay_ms`` is the service
+    time of one batch; ``model_log`` (when given) receives one JSON line per batch the model ran."""
+
+    def __init__(self, repository: Path, log_path: Path, *args: str, delay_ms: float = 0.0,
+                 model_log: Path | None = None, env: dict[str, str] | None = None) -> None:
+        extra = {slow_runtime.DELAY_ENV: str(delay_ms)}
+        if model_log is not None:
+            extra[slow_runtime.LOG_ENV] = str(model_log)
+        super().__init__(repository, log_path, *args, env={**extra, **(env or {})})
+        self.model_log = model_log
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(REPO_ROOT / "benchmarks" / "slow_runtime.py"), "serve",
+                "--model-repository", str(self.repository), "--http-port", "0", "--grpc-port", "0",
+                "--poll-interval-s", "0", "--log-level", "info", *self.args]
+
+    def seen_means(self) -> list[list[float]]:
+        assert self.model_log is not None, "start the server with model_log= to record what it saw"
+        return slow_runtime.seen_means(self.model_log)
+
+    def stderr(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def publish(repository: Path, version: int = 1, **kw: Any) -> Path:
+    return slow_runtime.publish(repository, MODEL, version, **kw)
+
+
+# -- images ---------------------------------------------------------------------------------------------
+
+
+def encode(img: Any, fmt: str = "PNG", **save: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def solid(colour: str | tuple[int, int, int], size: int = 24, fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    rgb = COLOURS[colour] if isinstance(colour, str) else colour
+    return encode(Image.new("RGB", (size, size), rgb), fmt)
+
+
+# -- metrics and processes ------------------------------------------------------------------------------
+
+
+def metric(text: str, prefix: str) -> float:
+    """Sum of the samples of a Prometheus text exposition whose line starts with ``prefix``."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def vm_kib(pid: int, field: str) -> int:
+    """A ``/proc/<pid>/status`` memory field in KiB (``VmHWM`` peak RSS, ``VmRSS``); 0 if gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
