@@ -22,6 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--server", metavar="ADDR", help="evaluate through a running server at ADDR instead")
     parser.add_argument("--data", metavar="DIR", help="with --server: ImageNet-style val folder to send")
+    try:  # the server-side options (protocol, TLS, concurrency, ...) belong to clients.evaluate
+        from clients.evaluate import add_server_arguments
+    except ImportError:  # clients not installed: --server says so when used
+        return
+    add_server_arguments(parser)
 
 
 def _run_server(args: argparse.Namespace) -> int:

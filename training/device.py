@@ -1,9 +1,8 @@
 """The device side of a run: CPU kernel settings, MindSpore context, and mixed precision.
 
-:func:`prepare_cpu_env` must run before MindSpore is imported: on this project's machines MindSpore's
-oneDNN picks AVX-512 convolution kernels that run 20–100x slower than its AVX2 ones (a 32→32 3x3
-conv on 32x32x32x32: ~900 ms vs ~18 ms; measured with ONEDNN_VERBOSE), so unless the user set
-``ONEDNN_MAX_CPU_ISA`` we cap it at AVX2.
+:func:`prepare_cpu_env` caps oneDNN at AVX2 (``model.onednn``: on this project's AVX-512 machines
+MindSpore's oneDNN otherwise runs its convolutions through a reference kernel, 20–100x slower); it
+runs before the first convolution of a training or eval process.
 
 :func:`setup_context` selects ``device_target`` (an error naming the key when this MindSpore build
 or machine lacks it). :func:`apply_amp` implements ``amp_level`` O0–O3 with ``keep_bn_fp32``:
@@ -15,21 +14,19 @@ BatchNorm (checked by the tests), so every level can be honoured on CPU, though 
 
 from __future__ import annotations
 
-import os
-
-DEFAULT_CPU_ISA = "AVX2"
-
 
 def prepare_cpu_env() -> None:
-    """Cap oneDNN at AVX2 unless ``ONEDNN_MAX_CPU_ISA`` is already set. Call before importing MindSpore."""
-    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", DEFAULT_CPU_ISA)
+    """Cap oneDNN's instruction set unless the environment sets ``ONEDNN_MAX_CPU_ISA``."""
+    from model.onednn import configure_onednn
+
+    configure_onednn()
 
 
 class DeviceError(ValueError):
     """The chosen device or precision cannot be used here; the message names the config key."""
 
 
-def setup_context(device_target: str, deterministic: bool = False) -> None:
+def setup_context(device_target: str) -> None:
     """PyNative mode (train/eval steps are compiled with ``mindspore.jit``) on ``device_target``."""
     prepare_cpu_env()
     import mindspore as ms
@@ -46,8 +43,6 @@ def setup_context(device_target: str, deterministic: bool = False) -> None:
             )
     ms.set_context(mode=ms.PYNATIVE_MODE)
     ms.set_device(device_target)
-    if deterministic:
-        ms.set_context(deterministic="ON")
 
 
 def apply_amp(net, amp_level: str, keep_bn_fp32: bool):
