@@ -161,7 +161,7 @@ def table(results: list, sizes: list) -> str:
         cells = []
         for n in sizes:
             best = max(runs, key=lambda r: r["img_per_s"][str(n)])
-            cells.append(f"{best['img_per_s'][str(n)]:.1f} ({best['threads']})")
+            cells.append(f"{best['img_per_s'][str(n)]:.3g} ({best['threads']})")
         load = min(r["load_s"] for r in runs)
         first = min(r["first_batch_s"] for r in runs)
         peak = max(r["peak_rss_mib"] for r in runs)
