@@ -6,8 +6,9 @@ runs before the first convolution of a training or eval process.
 
 :func:`setup_context` selects ``device_target`` (an error naming the key when this MindSpore build
 or machine lacks it). :func:`apply_amp` implements ``amp_level`` O0–O3 with ``keep_bn_fp32``:
-O1 casts the white-list cells (conv, dense) to float16, O2 everything but the black list
-(BatchNorm, LayerNorm), O3 everything; ``keep_bn_fp32`` keeps BatchNorm in float32 at every level
+O1 casts the white-list cells (conv, dense) to float16 (done here at cell granularity, with
+float32 outputs: MindSpore's own O1 rewrites the network's source into ``./rewritten_network``),
+O2 everything but the black list (BatchNorm, LayerNorm), O3 everything; ``keep_bn_fp32`` keeps BatchNorm in float32 at every level
 and ``false`` lets it run in float16 too. MindSpore 2.10's CPU kernels run float16 conv, dense and
 BatchNorm (checked by the tests), so every level can be honoured on CPU, though slower than float32.
 """
@@ -54,8 +55,8 @@ def apply_amp(net, amp_level: str, keep_bn_fp32: bool):
     if amp_level == "O0":
         return net
     if amp_level == "O1":
-        white = amp.get_white_list() + ([] if keep_bn_fp32 else list(bn_types))
-        return amp.custom_mixed_precision(net, white_list=white)
+        white = tuple(c for c in amp.get_white_list() if isinstance(c, type) and issubclass(c, nn.Cell))
+        return _cells_to_float16(net, white + (() if keep_bn_fp32 else bn_types))
     if amp_level == "O2":
         black = [c for c in amp.get_black_list() if keep_bn_fp32 or c not in bn_types]
         return amp.custom_mixed_precision(net, black_list=black)
@@ -67,3 +68,23 @@ def apply_amp(net, amp_level: str, keep_bn_fp32: bool):
                     cell.to_float(ms.float32)
         return net
     raise DeviceError(f"amp_level: unknown level {amp_level!r}")
+
+
+def _cells_to_float16(net, types: tuple):
+    """O1: every sub-cell of ``types`` computes in float16 and hands float32 on (in place)."""
+    import mindspore as ms
+    from mindspore import nn
+
+    class _Float32Output(nn.Cell):
+        def __init__(self, cell):
+            super().__init__(auto_prefix=False)  # parameters keep their names
+            self.cell = cell
+
+        def construct(self, *args):
+            return self.cell(*args).astype(ms.float32)
+
+    for _, parent in list(net.cells_and_names()):
+        for name, child in list(parent.name_cells().items()):
+            if isinstance(child, types) and not isinstance(child, _Float32Output):
+                parent._cells[name] = _Float32Output(child.to_float(ms.float16))
+    return net
