@@ -9,8 +9,9 @@ or machine lacks it). :func:`apply_amp` implements ``amp_level`` O0–O3 with ``
 O1 casts the white-list cells (conv, dense) to float16 (done here at cell granularity, with
 float32 outputs: MindSpore's own O1 rewrites the network's source into ``./rewritten_network``),
 O2 everything but the black list (BatchNorm, LayerNorm), O3 everything; ``keep_bn_fp32`` keeps
-BatchNorm in float32 at every level and ``false`` lets it run in float16 too. MindSpore 2.10's CPU kernels run float16 conv, dense and
-BatchNorm (checked by the tests), so every level can be honoured on CPU, though slower than float32.
+BatchNorm in float32 at every level and ``false`` lets it run in float16 too. MindSpore 2.10's CPU
+kernels run float16 conv, dense and BatchNorm (tests/training/test_train_amp.py), so every level
+can be honoured on CPU, though slower than float32 there.
 """
 
 from __future__ import annotations
