@@ -132,3 +132,14 @@ def test_corrupt_image_is_logged_with_its_path(folder, tmp_path):
     assert set(entries) == {str(victim), str(data / "train" / "2" / "notes.jpg")}
     assert "truncated" in entries[str(victim)] or "cannot decode" in entries[str(victim)]
     assert os.path.getsize(bad.path) > 0
+
+
+def test_batches_do_not_depend_on_worker_count_or_kind(folder, tmp_path):
+    split = scan_split(folder / "train")
+    bad = BadImageLog(tmp_path / "bad.txt")
+    one_thread = _batches(train_dataset(_cfg(folder, num_parallel_workers=1), split, 2, bad))
+    two_procs = _batches(train_dataset(_cfg(folder, num_parallel_workers=2, python_multiprocessing=True),
+                                       split, 2, bad))
+    assert len(one_thread) == len(two_procs) == 4
+    for (xa, ya), (xb, yb) in zip(one_thread, two_procs, strict=True):
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
