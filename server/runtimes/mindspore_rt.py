@@ -84,6 +84,12 @@ class MindSporeRuntime(Runtime):
         self.device = check_device(device, device_id)
         self.device_id = device_id
         self.threads = options_threads(options)
+        if self.device == "cpu":
+            # Before the first convolution: MindSpore 2.10's oneDNN otherwise runs 3x3 convs with a
+            # reference kernel on AVX-512 CPUs, ~50x slower (model/onednn.py, BENCHMARKS.md).
+            from model.onednn import configure_onednn
+
+            configure_onednn()
         try:
             import mindspore as ms
             from mindspore import nn

@@ -1,9 +1,10 @@
 """Test fixtures for the runtime and worker tests: a tiny exported model version and a runtime runner.
 
-``python runtime_fixtures.py build OUT`` builds a small MindSpore CNN (seeded), exports it to a
-dynamic-batch MindIR and a dynamic-batch ONNX (one ONNX export per process: a second one can fail),
-writes ``model.json`` and saves the network's own logits on a batch of real photos (scikit-learn and
-scikit-image samples through ``model.preprocess`` at 64x64) as the reference.
+``python runtime_fixtures.py build OUT`` builds DDRNet-23-slim (``model.create_model``, 10 classes,
+seeded weights, randomised BN statistics) at 64x64, exports it to a dynamic-batch MindIR, a batch-4
+MindIR and a dynamic-batch ONNX (one ONNX export per process: a second one can fail), writes
+``model.json`` and saves the network's own logits on a batch of real photos (scikit-learn and
+scikit-image samples through ``model.preprocess``) as the reference.
 
 ``python runtime_fixtures.py run RUNTIME VERSION_DIR OUT.npz`` loads a runtime adapter in this
 (fresh) process, runs the reference images at several batch sizes and saves the logits; it is
@@ -24,6 +25,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+ARCH = "ddrnet23_slim"
 IMAGE_SIZE = 64
 NUM_CLASSES = 10
 BATCH_SIZES = (1, 3, 8)
@@ -46,7 +48,7 @@ def manifest() -> dict:
     return {
         "name": "tiny",
         "version": 1,
-        "arch": "tinycnn",
+        "arch": ARCH,
         "num_classes": NUM_CLASSES,
         "labels": [f"class{i}" for i in range(NUM_CLASSES)],
         "input": {"name": "input", "dtype": "float32", "shape": [-1, 3, IMAGE_SIZE, IMAGE_SIZE]},
@@ -56,38 +58,18 @@ def manifest() -> dict:
 
 
 def _build(out: str) -> None:
+    from model.onednn import configure_onednn
+
+    configure_onednn()  # before the first convolution (MindSpore 2.10 CPU, BENCHMARKS.md)
     import mindspore as ms
-    import onnx
-    from mindspore import nn, ops
 
+    from model import create_model
     from model.preprocess import EvalTransform, PreprocessConfig
-
-    class TinyNet(nn.Cell):
-        """conv-BN-ReLU stem, a residual block, global average pool, linear head."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem = nn.SequentialCell(
-                nn.Conv2d(3, 16, 3, stride=2, pad_mode="pad", padding=1, has_bias=False),
-                nn.BatchNorm2d(16),
-                nn.ReLU(),
-            )
-            self.conv = nn.Conv2d(16, 16, 3, stride=1, pad_mode="pad", padding=1, has_bias=False)
-            self.bn = nn.BatchNorm2d(16)
-            self.relu = nn.ReLU()
-            self.down = nn.Conv2d(16, 32, 3, stride=2, pad_mode="pad", padding=1, has_bias=True)
-            self.pool = ops.ReduceMean(keep_dims=False)
-            self.fc = nn.Dense(32, NUM_CLASSES)
-
-        def construct(self, x):
-            x = self.stem(x)
-            x = self.relu(x + self.bn(self.conv(x)))
-            x = self.relu(self.down(x))
-            return self.fc(self.pool(x, (2, 3)))
+    from training.onnx_export import make_batch_symbolic
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(1)
-    net = TinyNet()
+    net = create_model(ARCH, num_classes=NUM_CLASSES)
     # Non-trivial BN statistics so the exported graphs must carry them correctly.
     rng = np.random.default_rng(0)
     for name, param in net.parameters_and_names():
@@ -114,9 +96,7 @@ def _build(out: str) -> None:
     sample = ms.Tensor(np.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32))
     ms.onnx.export(net, sample, file_name=onnx_path, input_names=["input"], output_names=["logits"],
                    dynamic_axes={"input": {0: "batch"}})
-    proto = onnx.load(onnx_path)
-    proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"  # symbolic output batch too
-    onnx.save(proto, onnx_path)
+    make_batch_symbolic(onnx_path)
     with open(os.path.join(out, "model.json"), "w") as f:
         json.dump(manifest(), f)
     np.save(os.path.join(out, "images.npy"), batch)

@@ -93,19 +93,19 @@ def test_onnxruntime_worker_results_through_shared_memory(
             assert info["python"] == sys.version.split()[0]
             assert sorted(info["warmup_s"]) == ["1", "3", "8"] and inst.fixed_batch_sizes is None
             for n in rf.BATCH_SIZES:
-                np.testing.assert_allclose(await inst.infer(images[:n]), reference[:n], atol=1e-4, rtol=0)
-            np.testing.assert_allclose(await inst.infer(list(images[2:5])), reference[2:5], atol=1e-4, rtol=0)
+                np.testing.assert_allclose(await inst.infer(images[:n]), reference[:n], atol=1e-3, rtol=0)
+            np.testing.assert_allclose(await inst.infer(list(images[2:5])), reference[2:5], atol=1e-3, rtol=0)
             # The batcher's zero-copy path: fill the shared input buffer in place, then infer on it.
             buf = inst.batch_buffer(3, (3, 64, 64), np.dtype(np.float32))
             assert buf.ctypes.data == inst.batch_buffer(8, (3, 64, 64), np.dtype(np.float32)).ctypes.data
             buf[:] = images[5:8]
             out = await inst.infer(buf)
-            np.testing.assert_allclose(out, reference[5:8], atol=1e-4, rtol=0)
+            np.testing.assert_allclose(out, reference[5:8], atol=1e-3, rtol=0)
             # Concurrent callers each get the logits of their own images.
             slices = [(0, 2), (2, 3), (3, 8), (1, 7)]
             outs = await asyncio.gather(*(inst.infer(images[a:b]) for a, b in slices))
             for (a, b), got in zip(slices, outs, strict=True):
-                np.testing.assert_allclose(got, reference[a:b], atol=1e-4, rtol=0)
+                np.testing.assert_allclose(got, reference[a:b], atol=1e-3, rtol=0)
             with pytest.raises(ServingError, match=r"batch of 9 images") as info9:
                 await inst.infer(np.zeros((9, 3, 64, 64), np.float32))
             assert info9.value.kind is ErrorKind.INVALID_ARGUMENT
@@ -137,7 +137,7 @@ def test_lite_worker_under_python37(version: str, manifest: dict, shm_dir: Path,
             assert info["python"].startswith("3.7.") and info["library_version"] == "2.0.0"
             for n in rf.BATCH_SIZES:
                 out = await inst.infer(images[:n])
-                np.testing.assert_allclose(out, reference[:n], atol=1e-4, rtol=0)
+                np.testing.assert_allclose(out, reference[:n], atol=1e-3, rtol=0)
                 assert (out.argmax(1) == reference[:n].argmax(1)).all()
         finally:
             await inst.stop()
