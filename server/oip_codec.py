@@ -96,7 +96,7 @@ def decode_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memo
             f"input {name!r}: {len(raw)} bytes of {datatype} data for shape {list(shape)} "
             f"(expected {expected})"
         )
-    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return _reshape(name, np.frombuffer(raw, dtype=dtype), shape)
 
 
 def unpack_bytes(name: str, raw: bytes | memoryview, count: int) -> list[bytes]:
@@ -140,7 +140,7 @@ def decode_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> De
         raise _invalid(f"input {name!r}: data is not a (nested) list of {datatype} numbers") from None
     if array.size != count:
         raise _invalid(f"input {name!r} has {array.size} values, shape {list(shape)} needs {count}")
-    return array.reshape(shape)
+    return _reshape(name, array, shape)
 
 
 def decode_contents(name: str, datatype: str, shape: Sequence[int], contents: Any) -> Decoded:
@@ -154,7 +154,14 @@ def decode_contents(name: str, datatype: str, shape: Sequence[int], contents: An
         raise _invalid(f"input {name!r} has {len(values)} {field} values, shape {list(shape)} needs {count}")
     if datatype == "BYTES":
         return [bytes(v) for v in values]
-    return np.asarray(values, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
+    return _reshape(name, np.asarray(values, dtype=NUMPY_DTYPES[datatype]), shape)
+
+
+def _reshape(name: str, array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    try:
+        return array.reshape(shape)
+    except ValueError:  # e.g. [0, 2**63 - 1]: no elements, but dimensions numpy cannot represent
+        raise _invalid(f"input {name!r}: shape {list(shape)} has dimensions too large to represent") from None
 
 
 def _flatten_strings(name: str, data: Any) -> list[str]:
