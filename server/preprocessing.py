@@ -71,6 +71,9 @@ class Preprocessor:
             for future in futures:
                 if not future.done():
                     future.cancel()
+                # Only the first failure is raised; without this, every other image that failed would
+                # be logged by asyncio as "Future exception was never retrieved", with a traceback.
+                future.add_done_callback(_retrieve)
         for index, future in enumerate(futures):
             if future in done and future.exception() is not None:
                 raise _image_error(future.exception(), index, len(images))
@@ -79,6 +82,11 @@ class Preprocessor:
     def close(self) -> None:
         """Stop the threads (pending work is cancelled)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _image_error(exc: BaseException, index: int, count: int) -> ServingError:
