@@ -92,3 +92,48 @@ def vm_kib(pid: int, field: str) -> int:
     except OSError:
         pass
     return 0
+
+
+# -- an in-process core ---------------------------------------------------------------------------------
+
+
+class LoopCore:
+    """A started :class:`~server.core.DataPlane` on the synthetic model (real worker processes) with its
+    own event loop, for synchronous tests (hypothesis) to drive: ``run(coro)`` runs on that loop."""
+
+    def __init__(self, repository: Path, **overrides: Any) -> None:
+        import asyncio
+
+        from prometheus_client import CollectorRegistry
+
+        from server.core import DataPlane
+        from server.metrics import ServerMetrics
+        from server.model_manager import ModelManager
+        from server.preprocessing import Preprocessor
+
+        self.loop = asyncio.new_event_loop()
+        settings = sf.settings_for(repository, **overrides)
+        metrics = ServerMetrics(CollectorRegistry())
+        self.manager = ModelManager(settings, metrics, runtime=slow_runtime.RUNTIME_SPEC,
+                                    extra_pythonpath=[str(REPO_ROOT / "benchmarks")])
+        self.preprocessor = Preprocessor(settings.preprocess_workers)
+        self.core = DataPlane(settings, self.manager, self.preprocessor, metrics)
+        self.run(self.manager.start())
+
+    def run(self, coro: Any, timeout_s: float = 60.0) -> Any:
+        import asyncio
+
+        return self.loop.run_until_complete(asyncio.wait_for(coro, timeout_s))
+
+    def close(self) -> None:
+        import asyncio
+
+        try:
+            self.run(self.manager.close())
+        finally:
+            self.preprocessor.close()
+            leftovers = asyncio.all_tasks(self.loop)  # what asyncio.run would cancel at its end
+            for task in leftovers:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            self.loop.close()
