@@ -10,8 +10,9 @@ Every (architecture, runtime, thread count) is measured in a fresh process, one 
 (MindSpore Lite under the Python 3.7 venv, ``.venv-lite37``), running the same adapters the server's
 workers run (``server.runtimes``): import + load time, the first batch, then img/s at 224x224 per
 batch size (one warm-up batch, then batches for at least ``--seconds``), and the process's peak
-RSS. The table reports, per batch size, the best thread setting. Prints Markdown; ``--json`` saves
-everything.
+RSS. The table reports, per batch size, the best thread setting (the threads the runtime actually
+used: MindSpore Lite 2.0.x always runs one, see ``server/runtimes/lite_rt.py``). Prints Markdown;
+``--json`` saves everything.
 
 The child part of this file runs under Python 3.7 too, so the whole file keeps 3.7 syntax.
 """
@@ -134,7 +135,8 @@ def run_child(python: str, runtime: str, version_dir: str, threads: int, args: a
 def report(round_no: int, arch: str, runtime: str, res: dict, sizes: list) -> None:
     rates = ", ".join(f"b{n}: {res['img_per_s'][str(n)]:.1f}" for n in sizes)
     info = res["describe"]
-    print(f"[round {round_no}] {arch} {runtime} threads={res['threads']}: {rates} img/s, "
+    print(f"[round {round_no}] {arch} {runtime} threads={res['threads']} (runs {info.get('threads')}): "
+          f"{rates} img/s, "
           f"load {res['load_s']:.2f} s, peak {res['peak_rss_mib']:.0f} MiB ({info.get('file')}, "
           f"{info.get('library_version')}, Python {res['python']}), load average {os.getloadavg()[0]:.1f}",
           file=sys.stderr)
@@ -161,7 +163,7 @@ def table(results: list, sizes: list) -> str:
         cells = []
         for n in sizes:
             best = max(runs, key=lambda r: r["img_per_s"][str(n)])
-            cells.append(f"{best['img_per_s'][str(n)]:.3g} ({best['threads']})")
+            cells.append(f"{best['img_per_s'][str(n)]:.3g} ({best['describe'].get('threads')})")
         load = min(r["load_s"] for r in runs)
         first = min(r["first_batch_s"] for r in runs)
         peak = max(r["peak_rss_mib"] for r in runs)
