@@ -5,8 +5,9 @@ the sorted sub-folder names (ImageFolder's rule), labels come from ``<data_url>/
 exists, else the ImageNet-1k names when the folders are the 1,000 synsets, else the folder names.
 
 Pipeline: ``GeneratorDataset`` over (sample index, label), shuffled and sharded per rank
-(``num_shards``/``shard_id``) → a decode+augment map (``num_parallel_workers``) → a filter that drops
-undecodable images → ``vision.Normalize`` + ``vision.HWC2CHW`` → batch with a per-batch map doing
+(``num_shards``/``shard_id``) → a decode+augment map (``num_parallel_workers``; an undecodable train
+image is replaced by the next decodable one, so every rank keeps its batch count; an undecodable val
+image is dropped by a filter) → ``vision.Normalize`` + ``vision.HWC2CHW`` → batch with a per-batch map doing
 random erasing, mixup/cutmix and the soft targets. ``ImageFolderDataset`` is not used because it
 hides file paths, and a corrupt image must be reported by its path: the decode op records it in a
 :class:`BadImageLog` (a file, so it works from worker threads and processes alike) and the trainer
@@ -171,22 +172,34 @@ class _IndexSource:
 
 
 class _DecodeTrain:
-    """index → (augmented uint8 HWC image, ok flag, index); undecodable → placeholder, ok=0, logged."""
+    """(index, label) → (augmented uint8 HWC image, label, ok flag, index).
 
-    def __init__(self, paths: tuple[str, ...], augment: TrainImageAugment, seed: int, epoch: int,
-                 bad_log: BadImageLog) -> None:
-        self.paths, self.augment, self.seed, self.epoch, self.bad_log = paths, augment, seed, epoch, bad_log
+    An undecodable image is logged and replaced by the next decodable one of the split (its label
+    too), so every rank keeps its full number of batches: under msrun a rank that ran out early
+    would leave the others waiting in the gradient all-reduce. ``ok`` is 0 only when
+    ``MAX_SUBSTITUTES`` images in a row are undecodable (then the sample is filtered out).
+    """
+
+    MAX_SUBSTITUTES = 16
+
+    def __init__(self, paths: tuple[str, ...], labels: np.ndarray, augment: TrainImageAugment, seed: int,
+                 epoch: int, bad_log: BadImageLog) -> None:
+        self.paths, self.labels, self.augment = paths, labels, augment
+        self.seed, self.epoch, self.bad_log = seed, epoch, bad_log
         self.placeholder = np.zeros((augment.size, augment.size, 3), np.uint8)
 
-    def __call__(self, index):
+    def __call__(self, index, label):
         i = int(index)
         rng = np.random.default_rng([self.seed, self.epoch, i, 1])
-        try:
-            img = to_rgb(_read_image(self.paths[i]))
-        except (ImageError, OSError) as exc:
-            self.bad_log.record(self.paths[i], str(exc))
-            return self.placeholder, np.int32(0), index
-        return self.augment(img, rng), np.int32(1), index
+        for k in range(self.MAX_SUBSTITUTES):
+            j = (i + k) % len(self.paths)
+            try:
+                img = to_rgb(_read_image(self.paths[j]))
+            except (ImageError, OSError) as exc:
+                self.bad_log.record(self.paths[j], str(exc))
+                continue
+            return self.augment(img, rng), self.labels[j], np.int32(1), index
+        return self.placeholder, label, np.int32(0), index
 
 
 class _DecodeEval:
@@ -257,9 +270,9 @@ def train_dataset(cfg: TrainConfig, split: Split, epoch: int, bad_log: BadImageL
         data = data.skip(skip_batches * cfg.batch_size)
     augment = TrainImageAugment(cfg.image_size, cfg.interpolation, cfg.auto_augment, cfg.color_jitter,
                                 cfg.hflip, IMAGENET_MEAN, tuple(cfg.crop_scale), tuple(cfg.crop_ratio))
-    data = data.map(_DecodeTrain(split.paths, augment, cfg.seed, epoch, bad_log), input_columns=["index"],
-                    output_columns=["image", "ok", "index"], num_parallel_workers=workers,
-                    python_multiprocessing=cfg.python_multiprocessing)
+    data = data.map(_DecodeTrain(split.paths, split.labels, augment, cfg.seed, epoch, bad_log),
+                    input_columns=["index", "label"], output_columns=["image", "label", "ok", "index"],
+                    num_parallel_workers=workers, python_multiprocessing=cfg.python_multiprocessing)
     data = data.filter(lambda ok: bool(ok), input_columns=["ok"], num_parallel_workers=1)
     data = data.map(_normalize_ops(), input_columns=["image"], num_parallel_workers=workers)
     data = data.project(["image", "label", "index"])

@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -274,8 +275,10 @@ class Trainer:
         self._prepare_run_dir()
         main = self.dist.is_main
         self.jlog = JsonlLog(self.out / LOG_FILE if main else None)
-        self.bad_log = BadImageLog(self.out / BAD_IMAGES_FILE if main else
-                                   self.out / f".bad_images.rank{self.dist.rank}.txt")
+        # other ranks keep their list outside the run directory (rank 0 alone writes there)
+        self.bad_log = BadImageLog(self.out / BAD_IMAGES_FILE if main else Path(tempfile.gettempdir()) /
+                                   f"ddrnet-bad-images-rank{self.dist.rank}-{os.getpid()}.txt")
+        self.bad_log.clear()
         global_batch = cfg.batch_size * self.dist.world_size
         self.jlog.write("start", resumed_from=str(self.resumed_from) if self.resumed_from else None,
                         epoch=self.state.epoch, step=self.state.step, steps_per_epoch=self.steps_per_epoch,

@@ -126,8 +126,13 @@ def test_corrupt_image_is_logged_with_its_path(folder, tmp_path):
     (data / "train" / "2" / "notes.jpg").write_text("not an image")
     cfg = _cfg(data, batch_size=1, mix_up=0.0, cutmix=0.0)
     bad = BadImageLog(tmp_path / "bad.txt")
-    rows = _batches(train_dataset(cfg, scan_split(data / "train"), 0, bad))
-    assert len(rows) == 17  # 19 files, 2 undecodable and skipped by the filter
+    split = scan_split(data / "train")
+    rows = _batches(train_dataset(cfg, split, 0, bad))
+    assert len(rows) == 19  # every sample slot filled: an undecodable image gives way to the next one
+    seen = np.concatenate([r[1].argmax(axis=1) for r in rows])
+    # the truncated class-1 image gives way to the next class-1 image; notes.jpg (the split's last
+    # file) to the first one, a class-0 image
+    assert list(np.bincount(seen, minlength=3)) == [7, 6, 6]
     entries = dict(bad.entries())
     assert set(entries) == {str(victim), str(data / "train" / "2" / "notes.jpg")}
     assert "truncated" in entries[str(victim)] or "cannot decode" in entries[str(victim)]

@@ -94,9 +94,9 @@ def test_corrupt_images_fail_by_path_or_skip_and_loss_falls(folder, tmp_path):
     # ckpt_every_epochs 0: a checkpoint at the end, and one whenever val top-1 improved
     run = json.loads((run_dir / "run.json").read_text())
     ckpts = {p.name for p in (run_dir / "checkpoints").iterdir()}
-    best = f"e{run['best_epoch']:04d}-s{2 * run['best_epoch']:08d}.ckpt"
-    assert ckpts <= {"best.ckpt", "latest.ckpt", "e0004-s00000008.ckpt", best}
-    assert {"best.ckpt", "latest.ckpt", "e0004-s00000008.ckpt"} <= ckpts
+    best = f"e{run['best_epoch']:04d}-s{3 * run['best_epoch']:08d}.ckpt"
+    assert ckpts <= {"best.ckpt", "latest.ckpt", "e0004-s00000012.ckpt", best}
+    assert {"best.ckpt", "latest.ckpt", "e0004-s00000012.ckpt"} <= ckpts  # 3 full steps/epoch
 
 
 def test_bad_config_and_missing_data_are_one_line_errors(folder, tmp_path):
