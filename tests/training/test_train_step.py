@@ -62,11 +62,11 @@ def test_dynamic_loss_scale_skips_overflow_and_adapts():
     before = _weights(net)
     loss, finite = step(*_batch())
     assert bool(finite) and np.isfinite(float(loss.asnumpy()))
-    assert lr_position(opt) == 1 and any(not np.array_equal(a, b) for a, b in zip(before, _weights(net)))
+    assert lr_position(opt) == 1 and any(not np.array_equal(a, b) for a, b in zip(before, _weights(net), strict=True))
     after_good = _weights(net)
     _, finite = step(*_batch(bad=True))
     assert not bool(finite)
-    assert all(np.array_equal(a, b) for a, b in zip(after_good, _weights(net)))  # update skipped
+    assert all(np.array_equal(a, b) for a, b in zip(after_good, _weights(net), strict=True))  # update skipped
     assert float(scale.scale_value.asnumpy()) == 512.0 and lr_position(opt) == 1
     step(*_batch())
     step(*_batch())  # two finite steps in a row (window 2): the scale grows again
@@ -74,11 +74,11 @@ def test_dynamic_loss_scale_skips_overflow_and_adapts():
 
 
 def test_fixed_loss_scale_and_clipping_bound_the_update():
-    net, opt, scale, step, lrs = _setup(_cfg(is_dynamic_loss_scale=False, loss_scale=128.0,
+    net, _, scale, step, lrs = _setup(_cfg(is_dynamic_loss_scale=False, loss_scale=128.0,
                                              clip_global_norm=True, clip_global_norm_value=1e-3))
     before = _weights(net)
     step(*_batch())
-    delta = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(before, _weights(net))))
+    delta = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(before, _weights(net), strict=True)))
     assert float(scale.scale_value.asnumpy()) == 128.0
     assert lrs[0] == pytest.approx(0.256)  # base_lr 0.256 at a global batch of 256
     assert 0 < delta <= lrs[0] * 1e-3 * 1.001  # plain SGD: |update| = lr * |clipped gradient|
@@ -103,7 +103,7 @@ def test_every_optimizer_follows_the_schedule(optimizer):
 
     cfg = _cfg(optimizer=optimizer, momentum=0.9, use_nesterov=optimizer in ("momentum", "sgd"),
                weight_decay=1e-4, lr_scheduler="cosine_lr", warmup_length=1, base_lr=0.1, warmup_lr=0.0)
-    net, opt, _, step, lrs = _setup(cfg)
+    _, opt, _, step, lrs = _setup(cfg)
     losses = [float(step(*_batch())[0].asnumpy()) for _ in range(4)]
     assert all(np.isfinite(losses)) and lr_position(opt) == 4
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.1)  # warmup over the first epoch of 5 steps
