@@ -55,7 +55,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from server import oip_codec
 from server.core import ClassifyResult, DataPlane, InferInput, InferResponse
 from server.errors import ErrorKind, ServingError, from_exception, http_body, http_headers, http_status
-from server.postprocess import DEFAULT_TOP_K
+from server.postprocess import DEFAULT_TOP_K, MAX_TOP_K
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,11 @@ CLIENT_CLOSED = 499  # nginx's status for "client closed the request" (nobody re
 
 T = TypeVar("T")
 
+# The range is documented in the schema but checked by server.postprocess.check_top_k, so that a bad
+# top_k is the same 400 with the same message in every body form and over gRPC.
+TOP_K_TEXT = (f"predictions per image, 1 to {MAX_TOP_K} (or the model's class count when larger); "
+              f"default {DEFAULT_TOP_K}")
+
 
 # -- schemas (validation + OpenAPI) ---------------------------------------------------------------------
 
@@ -75,7 +80,7 @@ class ClassifyJSON(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     images: list[str] = Field(description="base64-encoded images (JPEG, PNG, ...); data: URLs allowed")
-    top_k: StrictInt | None = Field(None, description=f"predictions per image (default {DEFAULT_TOP_K})")
+    top_k: StrictInt | None = Field(None, description=TOP_K_TEXT, json_schema_extra={"minimum": 1})
 
 
 class PredictionModel(BaseModel):
@@ -161,7 +166,7 @@ CLASSIFY_BODY = {
                     "type": "object",
                     "properties": {
                         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "top_k": {"type": "integer"},
+                        "top_k": {"type": "integer", "minimum": 1, "description": TOP_K_TEXT},
                     },
                 }
             },
@@ -229,7 +234,7 @@ def create_app(core: DataPlane) -> FastAPI:
         "dependencies": auth,
         "tags": ["classify"],
     }
-    top_k_query = Query(None, description=f"predictions per image (default {DEFAULT_TOP_K})")
+    top_k_query = Query(None, description=TOP_K_TEXT, json_schema_extra={"minimum": 1})
 
     @app.post("/v1/models/{model}/classify", summary="Classify images (newest version)", **classify_doc)
     async def classify_newest(request: Request, model: str, top_k: int | None = top_k_query) -> Response:
