@@ -7,8 +7,9 @@ solid red image is class ``red`` (labels ``red``, ``green``, ``blue``) and any a
 eye. Each batch sleeps ``DDRNET_SLOW_RUNTIME_MS`` (default 50) plus ``DDRNET_SLOW_RUNTIME_PER_IMAGE_MS``
 (default 0) per image before answering, which gives the instance a known capacity. With
 ``DDRNET_SLOW_RUNTIME_LOG`` set, every batch appends one JSON line (pid, size, each image's three
-channel means) to that file: the proof of what the model saw. A batch whose first value is -1 raises
-(a runtime failure in one batch); a version whose manifest says ``arch: broken`` fails to load.
+channel means) to that file: the proof of what the model saw. A batch whose first value is
+:data:`FAIL` (-12345, which no image normalises to: only an FP32 tensor can carry it) raises, a runtime
+failure in one batch; a version whose manifest says ``arch: broken`` fails to load.
 
 ``python benchmarks/slow_runtime.py publish REPO [--name slow] [--version 1] [--arch slow]`` publishes
 a version of the synthetic model; ``python benchmarks/slow_runtime.py serve [ddrnet serve options]``
@@ -36,7 +37,7 @@ from server.runtimes.base import Runtime  # noqa: E402
 
 RUNTIME_SPEC = "slow_runtime:SlowRuntime"
 LABELS = ["red", "green", "blue"]
-FAIL = -1.0
+FAIL = -12345.0
 DELAY_ENV = "DDRNET_SLOW_RUNTIME_MS"
 PER_IMAGE_ENV = "DDRNET_SLOW_RUNTIME_PER_IMAGE_MS"
 LOG_ENV = "DDRNET_SLOW_RUNTIME_LOG"
