@@ -22,8 +22,11 @@ for extra in (REPO_ROOT / "tests" / "server", REPO_ROOT / "benchmarks"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
+import overload  # noqa: E402, F401  (benchmarks/overload.py, exercised by test_overload.py)
 import server_fixtures as sf  # noqa: E402
 import slow_runtime  # noqa: E402
+
+wait_until = sf.wait_until
 
 MODEL = "slow"
 LABELS = slow_runtime.LABELS
