@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--build-only", action="store_true", help="build the model, do not serve")
     parser.add_argument("--ready-timeout-s", type=float, default=600.0,
                         help="how long to wait for the server to become ready (default 600)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the demo training config (repeatable), passed to "
+                             "`ddrnet train`, e.g. --set epochs=1 --set max_steps_per_epoch=4")
 
 
 def _ddrnet(*args: str) -> list[str]:
@@ -59,8 +62,11 @@ def newest_version(repository: Path) -> int | None:
     return newest_complete_version(repository, MODEL_NAME)
 
 
-def build_demo_model(workdir: Path) -> int:
-    """Data set → training run → verified export; returns the published version number."""
+def build_demo_model(workdir: Path, overrides: list[str] | None = None) -> int:
+    """Data set → training run → verified export; returns the published version number.
+
+    ``overrides`` are extra ``KEY=VALUE`` settings for ``ddrnet train`` (after the data and run
+    directories, so they win)."""
     data_dir = workdir / "data" / "digits"
     run_dir = workdir / "run"
     repository = workdir / "models"
@@ -71,7 +77,8 @@ def build_demo_model(workdir: Path) -> int:
         _step(
             "training DDRNet-23-slim on digits (about 5-10 minutes on 2 cores)",
             _ddrnet("train", "--config", str(DEMO_CONFIG), "--set", f"data_url={data_dir}",
-                    "--set", f"output_dir={run_dir}", *(["--resume"] if checkpoint.is_file() else [])),
+                    "--set", f"output_dir={run_dir}", *(a for kv in overrides or () for a in ("--set", kv)),
+                    *(["--resume"] if checkpoint.is_file() else [])),
         )
     _step(
         "exporting a verified model version",
@@ -134,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     repository = workdir / "models"
     version = None if args.rebuild else newest_version(repository)
     if version is None:
-        version = build_demo_model(workdir)
+        version = build_demo_model(workdir, args.overrides)
     else:
         print(f"==> reusing {repository / MODEL_NAME / str(version)} (--rebuild makes a new version)")
     if args.build_only:
