@@ -5,7 +5,8 @@ steps; the full-length run and its accuracy are measured in BENCHMARKS.md, "Quic
 the data, trains, exports, serves and prints its try lines. The printed ``curl`` line and the printed
 ``ddrnet classify`` line are run as printed and must answer with predictions; SIGTERM then drains the
 server and the quickstart exits 0. Second run on the same work directory: no data or training step,
-the published version is reused, served, and answers again.
+the published version is reused, served, and answers again; Ctrl-C (SIGINT to the process group)
+stops it with exit status 0.
 """
 
 from __future__ import annotations
@@ -84,8 +85,13 @@ class Quickstart:
                 return line.strip()
         pytest.fail(f"quickstart printed no {program} line:\n{self.output[-3000:]}")
 
-    def terminate(self, timeout_s: float = 90) -> int:
-        self.proc.send_signal(signal.SIGTERM)  # the quickstart alone; it forwards SIGTERM to the server
+    def terminate(self, timeout_s: float = 90, ctrl_c: bool = False) -> int:
+        """SIGTERM to the quickstart alone (it forwards it to the server), or with ``ctrl_c`` SIGINT to
+        the whole process group, as a terminal's Ctrl-C does; the exit status."""
+        if ctrl_c:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        else:
+            self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -160,7 +166,7 @@ def test_quickstart_builds_serves_and_reuses(tmp_path) -> None:
         assert not re.search(r"==> (writing|training|exporting)", out), out[-3000:]
         _check_answer(_run_curl_line(second.try_line("curl"), second.http_port))
         print(f"second run ready and answering after {time.monotonic() - started:.1f} s")
-        assert second.terminate() == 0, second.output[-3000:]
+        assert second.terminate(ctrl_c=True) == 0, second.output[-3000:]
     finally:
         second.kill()
     assert not (workdir / "models" / "digits" / "2").exists()
