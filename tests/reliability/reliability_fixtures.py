@@ -140,3 +140,78 @@ class LoopCore:
                 task.cancel()
             self.loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
             self.loop.close()
+
+
+# -- steady traffic -------------------------------------------------------------------------------------
+
+
+class Traffic:
+    """Background clients (alternately HTTP classify and gRPC Classify, one image each, colours cycling)
+    recording every answer as ``(protocol, status, model_version, correct)`` until :meth:`stop`.
+    Each client's loop is bounded (``max_requests``)."""
+
+    def __init__(self, server: sf.ServerProcess, clients: int = 2, max_requests: int = 5000) -> None:
+        import threading
+
+        self.server = server
+        self.answers: list[tuple[str, str, str, bool]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(i, max_requests), daemon=True)
+                         for i in range(clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def _client(self, index: int, max_requests: int) -> None:
+        import grpc
+        import httpx
+
+        from protos import classify_pb2, classify_pb2_grpc
+
+        colours = list(COLOURS)
+        with httpx.Client(base_url=self.server.http_url, timeout=60) as http, \
+                grpc.insecure_channel(self.server.grpc_target) as channel:
+            stub = classify_pb2_grpc.ClassifyStub(channel)
+            for n in range(max_requests):
+                if self._stop.is_set():
+                    return
+                colour = colours[(index + n) % len(colours)]
+                image = solid(colour)
+                if (index + n) % 2 == 0:
+                    try:
+                        r = http.post(f"/v1/models/{MODEL}/classify", content=image,
+                                      headers={"content-type": "image/png"})
+                    except httpx.HTTPError as exc:
+                        self.answers.append(("http", type(exc).__name__, "", False))
+                        continue
+                    if r.status_code != 200:
+                        self.answers.append(("http", str(r.status_code), r.text[:200], False))
+                        continue
+                    body = r.json()
+                    label = body["results"][0]["predictions"][0]["label"]
+                    self.answers.append(("http", "200", body["model_version"], label == colour))
+                else:
+                    request = classify_pb2.ClassifyRequest(model_name=MODEL, images=[image])
+                    try:
+                        reply = stub.Classify(request, timeout=60)
+                    except grpc.RpcError as err:
+                        self.answers.append(("grpc", err.code().name, err.details() or "", False))
+                        continue
+                    label = reply.results[0].predictions[0].label
+                    self.answers.append(("grpc", "OK", reply.model_version, label == colour))
+
+    def count(self) -> int:
+        return len(self.answers)
+
+    def wait_for(self, more: int, timeout_s: float = 60.0) -> bool:
+        """Wait (bounded) until ``more`` answers beyond the current count have arrived."""
+        target = self.count() + more
+        return sf.wait_until(lambda: self.count() >= target, timeout_s, 0.02)
+
+    def stop(self) -> list[tuple[str, str, str, bool]]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(90)
+        return list(self.answers)
+
+    def failures(self) -> list[tuple[str, str, str, bool]]:
+        return [a for a in self.answers if a[1] not in ("200", "OK") or not a[3]]
