@@ -9,6 +9,11 @@ A block that shows commands carries a marker on the last non-blank line before i
                              ARGs, ...) and the repository files it names must exist
     <!-- test: server -->    runs for real against a live `ddrnet serve` (bash or python)
     <!-- test: settings-yaml -->  a YAML settings file that must validate as ServerSettings
+    <!-- test: quickstart-output -->  the text `ddrnet quickstart` prints when ready (compared with
+                             cli.quickstart's own output; test_quickstart.py runs its try lines)
+
+Other blocks (text, json, yaml) show output or file contents; a line in them that starts like a
+command (``ddrnet ``, ``curl ``, ``python ``, ...) fails the suite.
 
 The first block of the README is its opening (install + quickstart, install + tests) and is checked
 on its own (``test_opening_commands``; ``test_quickstart.py`` runs its ``ddrnet quickstart``).
@@ -30,7 +35,10 @@ MODES_BY_LANG = {
     "bash": {"run", "parse", "server"},
     "python": {"server"},
     "yaml": {"settings-yaml"},
+    "text": {"quickstart-output"},
 }
+COMMAND_WORDS = ("ddrnet ", "curl ", "python ", "python3", "pip ", ".venv/", "msrun ", "scripts/", "make ",
+                 "docker ", "kubectl ", "$ ")
 
 
 @dataclass(frozen=True)

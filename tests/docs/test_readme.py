@@ -28,6 +28,7 @@ import pytest
 import yaml
 from readme_blocks import (
     COMMAND_LANGS,
+    COMMAND_WORDS,
     MODES_BY_LANG,
     README,
     REPO,
@@ -81,6 +82,11 @@ def test_every_command_block_is_marked() -> None:
                             f"block (valid: {valid})")
         if block.lang in ("sh", "shell", "console", "py"):
             problems.append(f"{block.where}: write ```bash or ```python (the test knows those names)")
+        if block.lang not in COMMAND_LANGS and block.mode != "quickstart-output":
+            for n, line in enumerate(block.text.splitlines(), start=block.line + 1):
+                if line.strip().startswith(COMMAND_WORDS):
+                    problems.append(f"README.md:{n}: a command in a {block.lang or 'plain'} block: show "
+                                    "commands in a marked bash block")
     problems += [f"README.md:{n}: marker not followed by a code block" for n in dangling_markers()]
     assert not problems, "\n".join(problems)
 
@@ -99,6 +105,19 @@ def test_generated_tables_match_the_code() -> None:
         assert table == build(), (
             f"README.md's {name} table is stale: run `python tests/docs/readme_tables.py --write`"
         )
+
+
+def test_quickstart_output_sample() -> None:
+    """The README's sample of the ready message is what `ddrnet quickstart` prints (image path shortened)."""
+    from cli.quickstart import print_try_lines
+
+    (sample,) = marked("quickstart-output")
+    image = re.search(r"@(\S+\.jpg)", sample.text)
+    assert image, "the sample shows the curl line with an image"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        print_try_lines("127.0.0.1", 8000, 8001, Path(image.group(1)))
+    assert sample.text.strip() == out.getvalue().strip()
 
 
 def test_links_point_at_files() -> None:
