@@ -107,6 +107,18 @@ def test_generated_tables_match_the_code() -> None:
         )
 
 
+def test_every_subcommand_and_config_is_shown() -> None:
+    """Each `ddrnet` subcommand appears in a tested command, each training config in the README."""
+    from cli.main import SUBCOMMANDS
+
+    shown = " ".join(c for mode in ("run", "parse", "server") for _b, c in _block_commands(mode))
+    missing = [name for name in SUBCOMMANDS if f"ddrnet {name} " not in shown + " "]
+    assert not missing, f"README shows no tested command for: {missing}"
+    text = README.read_text()
+    configs = [p.name for p in (REPO / "training" / "configs").glob("*.yaml") if p.name not in text]
+    assert not configs, f"README does not mention the training configs {configs}"
+
+
 def test_quickstart_output_sample() -> None:
     """The README's sample of the ready message is what `ddrnet quickstart` prints (image path shortened)."""
     from cli.quickstart import print_try_lines
