@@ -141,17 +141,37 @@ class ServerSettings(BaseSettings):
         return tuple(sources)
 
 
-def derive_defaults(settings: ServerSettings) -> ServerSettings:
-    """Fill machine-dependent defaults.
+# Default instances are capped: each one is a worker process holding its own copy of the model
+# (ONNX Runtime ~0.4 GiB, Lite ~1.1 GiB for DDRNet-23, BENCHMARKS.md "Runtimes").
+MAX_DEFAULT_INSTANCES = 8
 
-    On a CPU box the runtimes scale poorly past a few threads for one batch, while preprocessing
-    (Pillow decode + bicubic resize) runs concurrently with inference. One instance using every core,
-    and as many preprocessing threads as cores, keeps inference busy while the next batch is being
-    decoded; BENCHMARKS.md holds the measurements behind this choice. Accelerators get one instance.
+
+def derive_defaults(settings: ServerSettings) -> ServerSettings:
+    """Fill machine-dependent defaults: on a CPU, one single-threaded instance per available core
+    (at most ``MAX_DEFAULT_INSTANCES``; the cores left over go to each instance's threads), and as
+    many preprocessing threads as cores. Accelerators (``device`` gpu/ascend) get one instance with
+    every core. Any of the three given explicitly is kept, and the others are derived from it
+    (``--threads-per-instance 2`` alone on 2 cores gives 1 instance × 2 threads).
+
+    Why several single-threaded instances win on a CPU (measured here, BENCHMARKS.md "Performance
+    targets", DDRNet-23-slim at 224, `ddrnet bench` gRPC at concurrency 8, 2 cores shared with
+    other jobs, load average 11-16): ONNX Runtime 2 instances × 1 thread served 24.5 img/s (p99
+    592 ms) vs 10.4 img/s (p99 950 ms) for 1 × 2 threads; MindSpore 17.3 vs 11.3 img/s (p99 823 vs
+    1264 ms); Lite 2 × 1 thread 33.9 vs 1 × 1 thread 21.9 img/s. Intra-op threads of one batch meet
+    at every operator, so one slow or descheduled thread stalls its sibling, while separate
+    instances run independent batches and each overlaps its inference with the other's
+    (preprocessing runs in the server's own thread pool meanwhile). MindSpore Lite 2.0.x must run one
+    thread per instance anyway (more give wrong logits after a resize; ``server.runtimes.lite_rt``),
+    so for Lite extra instances are the only way to use more cores.
     """
     cores = available_cores()
     if settings.instances is None:
-        settings.instances = 1
+        if settings.device != "cpu":
+            settings.instances = 1
+        elif settings.threads_per_instance is not None:
+            settings.instances = max(1, cores // settings.threads_per_instance)
+        else:
+            settings.instances = min(cores, MAX_DEFAULT_INSTANCES)
     if settings.threads_per_instance is None:
         settings.threads_per_instance = max(1, cores // settings.instances)
     if settings.preprocess_workers is None:
