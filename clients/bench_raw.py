@@ -136,6 +136,7 @@ def measure(
     device: str = "cpu",
     runtime_python: str | None = None,
     max_pixels: int = 40_000_000,
+    precision: str = "fp32",
 ) -> RawResult:
     """Measure model time per batch size and preprocessing per image (see the module docstring).
     ValueError for a missing model/version or runtime; the runtimes' own errors pass through."""
@@ -149,6 +150,8 @@ def measure(
     manifest_dict = manifest.to_dict()
     name = runtimes.select_runtime(runtime, str(vdir), manifest_dict) if runtime_python is None else runtime
     options: dict[str, Any] = {} if threads is None else {"threads": threads}
+    if precision != "fp32":  # the server's --precision int8: ONNX Runtime on model.int8.onnx
+        options["precision"] = precision
     if runtime_python is None:
         rt = runtimes.create_runtime(name)
         rt.load(str(vdir), manifest_dict, device, 0, options)

@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="runtime threads for --raw (default: the server's default, cores / instances)")
     raw.add_argument("--instances", type=int, default=1, metavar="N",
                      help="instances the server runs (for the default --threads; default: 1)")
+    raw.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                     help="the server's --precision, for --raw (default: fp32)")
     raw.add_argument("--raw-batch-sizes", default="1,2,4,8", metavar="B[,B...]", help="default: 1,2,4,8")
     raw.add_argument("--raw-s", type=float, default=2.0, metavar="S",
                      help="seconds per raw batch size and for preprocessing (default: 2)")
@@ -228,13 +230,13 @@ def _raw(args: argparse.Namespace, info: dict[str, Any], payload: list[bytes]) -
     runtime = args.runtime or info.get("platform") or "auto"
     threads = args.threads or max(1, available_cores() // max(1, args.instances))
     sizes = _int_list(args.raw_batch_sizes, "--raw-batch-sizes")
-    print(f"ddrnet bench: raw {runtime} ({threads} threads) at batch sizes {sizes}, "
+    print(f"ddrnet bench: raw {runtime} {args.precision} ({threads} threads) at batch sizes {sizes}, "
           f"{args.raw_s:g} s each, and preprocessing", file=sys.stderr, flush=True)
     try:
         return bench_raw.measure(
             args.model_repository, info["model"], payload, version=info.get("version") or None,
             runtime=runtime, threads=threads, batch_sizes=sizes, seconds=args.raw_s,
-            runtime_python=args.runtime_python,
+            runtime_python=args.runtime_python, precision=args.precision,
         )
     except (ValueError, OSError) as exc:
         raise CliError(f"--raw: {exc}") from None

@@ -49,9 +49,12 @@ MANIFEST_NAME = "model.json"
 STAGING_PREFIX = ".staging-"
 LOCK_NAME = ".publish.lock"
 WEIGHT_VARIANTS = ("zoo", "authors")
-# Roles of single files in ``files``; ``fixed_batch`` maps a batch size to a file.
-FILE_ROLES = ("mindir", "onnx", "lite")
-DEFAULT_FILENAMES = {"mindir": "model.mindir", "onnx": "model.onnx", "lite": "model.ms"}
+# Roles of single files in ``files``; ``fixed_batch`` maps a batch size to a file. ``onnx_int8`` is the
+# opt-in int8 quantised ONNX model, served only when the server is asked for precision int8.
+FILE_ROLES = ("mindir", "onnx", "lite", "onnx_int8")
+DEFAULT_FILENAMES = {
+    "mindir": "model.mindir", "onnx": "model.onnx", "lite": "model.ms", "onnx_int8": "model.int8.onnx",
+}
 PREPROCESS_KEYS = ("image_size", "crop_pct", "interpolation", "resize_mode", "mean", "std")
 CREATED_AT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -186,11 +189,13 @@ class FileChecksum:
 class ModelManifest:
     """The content of ``model.json``. ``from_dict`` validates and raises :class:`ManifestError`.
 
-    ``files`` maps a role to a file name in the version directory: ``mindir``, ``onnx``, ``lite``
-    (only those that exist) and ``fixed_batch`` (``{"1": "model_b1.mindir", ...}``, possibly empty).
+    ``files`` maps a role to a file name in the version directory: ``mindir``, ``onnx``, ``lite``,
+    ``onnx_int8`` (only those that exist) and ``fixed_batch`` (``{"1": "model_b1.mindir", ...}``,
+    possibly empty).
     ``checksums`` holds the SHA-256 and size of every listed file. ``verification`` maps each exported
     format (``mindir``, ``onnx``, ``lite``, ``mindir_b<N>``) to the comparison against the checkpoint
-    network (``max_abs_diff``, ``top1_agreement``, ``tolerance``, ``samples``).
+    network (``max_abs_diff``, ``top1_agreement``, ``tolerance``, ``samples``); ``onnx_int8``'s record
+    has ``rule: top1_agreement`` and ``min_top1_agreement`` instead of a tolerance.
     """
 
     name: str
@@ -318,6 +323,8 @@ class ModelManifest:
             raise _fail("verification", "must map a format name to an object")
         for fmt_name, result in verification.items():
             for key in ("max_abs_diff", "top1_agreement", "tolerance"):
+                if key == "tolerance" and result.get("rule") == "top1_agreement":
+                    continue  # int8 files are verified by top-1 agreement, not a logit tolerance
                 if not _is_number(result.get(key)):
                     where = f"verification.{fmt_name}.{key}"
                     raise _fail(where, f"must be a number, got {result.get(key)!r}")

@@ -363,10 +363,15 @@ class ModelManager:
 
     def _worker_instance(self, vdir: Path, manifest: repo.ModelManifest, index: int) -> ManagedInstance:
         s = self.settings
+        runtime, options = self.runtime, {}
+        if s.precision == "int8":  # opt-in: only ONNX Runtime serves the int8 file; never a fallback
+            runtime = "onnxruntime" if runtime == "auto" else runtime
+            options["precision"] = "int8"
         worker = WorkerInstance(
             vdir,
             manifest.to_dict(),
-            runtime=self.runtime,
+            runtime=runtime,
+            options=options,
             device=s.device,
             device_id=s.device_id,
             threads=s.threads_per_instance,

@@ -56,6 +56,10 @@ class ServerSettings(BaseSettings):
     grpc_port: int = Field(8001, ge=-1, le=65535, description="gRPC port (0 = pick a free port; -1 disables)")
 
     runtime: RuntimeName = Field("auto", description="auto | lite | onnxruntime | mindspore")
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="fp32 | int8 (int8 serves the version's model.int8.onnx through onnxruntime; opt-in)",
+    )
     runtime_python: Path | None = Field(
         None, description="Python interpreter for the worker processes (e.g. a Python 3.7 venv with Lite)"
     )
@@ -118,6 +122,11 @@ class ServerSettings(BaseSettings):
             raise ValueError(
                 f"preferred batch size {self.preferred_batch_sizes[-1]} exceeds max_batch_size "
                 f"{self.max_batch_size}"
+            )
+        if self.precision == "int8" and self.runtime not in ("auto", "onnxruntime"):
+            raise ValueError(
+                f"precision int8 is served by the onnxruntime runtime only, not {self.runtime!r} "
+                "(use --runtime onnxruntime or auto)"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")

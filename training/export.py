@@ -8,6 +8,12 @@
   network in eval mode and graph mode; ``model_b<N>.mindir`` fixed-batch files for ``batch_sizes``;
 - ``model.onnx``: dynamic batch on input and output, exported in a child process
   (``training.onnx_export``);
+- ``model.int8.onnx`` (opt-in format ``onnx_int8``, never by default): the ONNX model statically
+  quantised to int8 by ONNX Runtime, calibrated on ``calibration_images`` real images of
+  ``calibration_dir`` (the training folder) through the model's eval transform
+  (``training.onnx_quantize``); verified by top-1 AGREEMENT with the checkpoint network on the sample
+  photos plus held-out images of that folder (at least ``int8_min_agreement``), not by a logit
+  tolerance;
 - ``model.ms``: MindSpore Lite model made by ``mindspore_lite.Converter`` in the Lite interpreter
   (``training/lite_tool.py``) — from ONNX for Lite 2.0.x (which cannot read MindSpore 2.10's MindIR),
   from MindIR for newer releases;
@@ -40,7 +46,8 @@ from training.export_verify import DEFAULT_TOLERANCE, LITE_TOOL, VerificationErr
 
 LOG = logging.getLogger(__name__)
 
-FORMATS = ("mindir", "onnx", "lite")
+FORMATS = ("mindir", "onnx", "lite", "onnx_int8")
+DEFAULT_FORMATS = ("mindir", "onnx", "lite")  # onnx_int8 only when asked for
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 LITE_VENV = ".venv-lite37"
@@ -71,6 +78,10 @@ class ExportSpec:
     lite_python: str | None = None
     tolerance: float = DEFAULT_TOLERANCE
     sample_images: tuple[Path, ...] = ()
+    calibration_dir: Path | None = None
+    calibration_images: int = 64
+    int8_min_agreement: float = 0.98
+    quant_format: str = "qdq"
 
 
 @dataclass
@@ -141,12 +152,21 @@ def _resolve_formats(spec: ExportSpec) -> tuple[tuple[str, ...], tuple[str, dict
     formats = spec.formats
     explicit = formats is not None
     if formats is None:
-        formats = FORMATS
+        formats = DEFAULT_FORMATS
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ExportError(f"unknown export format(s) {unknown}: choose from {', '.join(FORMATS)}")
     if not formats and not spec.batch_sizes:
         raise ExportError("no format to export: give --formats and/or --batch-sizes")
+    if "onnx_int8" in formats:
+        if spec.calibration_dir is None:
+            raise ExportError(
+                "format onnx_int8 needs calibration images: give --calibration-dir (the training folder)"
+            )
+        if not Path(spec.calibration_dir).is_dir():
+            raise ExportError(f"calibration directory {spec.calibration_dir} does not exist")
+        if not 0.0 <= spec.int8_min_agreement <= 1.0:
+            raise ExportError(f"int8 minimum agreement must be within 0..1, got {spec.int8_min_agreement}")
     lite = None
     if "lite" in formats:
         lite = find_lite(spec.lite_python)
@@ -339,6 +359,25 @@ def export_model(
             return np.asarray(net(Tensor(batch)).asnumpy(), dtype=np.float32)
 
         reference = steps.run("reference logits", reference_logits)
+        int8_check: tuple[np.ndarray, np.ndarray] | None = None
+        calibration: np.ndarray | None = None
+        if "onnx_int8" in formats:
+            from training.onnx_quantize import QuantizationError, calibration_paths, transform_images
+
+            try:
+                calib_paths, held_out = calibration_paths(Path(spec.calibration_dir), spec.calibration_images)
+                calibration = transform_images(calib_paths, pre.to_dict())
+                check_batch = np.concatenate([batch, transform_images(held_out, pre.to_dict())] if held_out
+                                             else [batch])
+            except QuantizationError as exc:
+                raise ExportError(str(exc)) from None
+
+            def int8_reference() -> np.ndarray:
+                from mindspore import Tensor
+
+                return np.asarray(net(Tensor(check_batch)).asnumpy(), dtype=np.float32)
+
+            int8_check = (check_batch, steps.run("int8 reference logits", int8_reference))
         repo.remove_stale_staging(spec.repository, spec.name)
         staging = repo.create_staging_dir(spec.repository, spec.name)
         files: dict[str, Any] = {"fixed_batch": {}}
@@ -354,7 +393,7 @@ def export_model(
                 f"export mindir b{b}", lambda b=b: _export_mindir(net, staging, size, b)
             )
         onnx_path: Path | None = None
-        if "onnx" in formats or "lite" in formats:
+        if "onnx" in formats or "lite" in formats or "onnx_int8" in formats:
             from training.onnx_export import OnnxExportError, export_onnx
 
             onnx_path = staging / "model.onnx" if "onnx" in formats else Path(scratch.name) / "model.onnx"
@@ -365,6 +404,19 @@ def export_model(
                 raise ExportError(str(exc)) from None
             if "onnx" in formats:
                 files["onnx"] = onnx_path.name
+        quantization: dict[str, Any] = {}
+        if "onnx_int8" in formats and onnx_path is not None and calibration is not None:
+            from training.onnx_quantize import QuantizationError, quantize_onnx
+
+            int8_path = staging / repo.DEFAULT_FILENAMES["onnx_int8"]
+            try:
+                quantization = steps.run(
+                    "quantize int8",
+                    lambda: quantize_onnx(onnx_path, int8_path, calibration, INPUT_NAME, spec.quant_format),
+                )
+            except QuantizationError as exc:
+                raise ExportError(str(exc)) from None
+            files["onnx_int8"] = int8_path.name
         if "lite" in formats and lite is not None:
             python, info = lite
             if lite_from_mindir:
@@ -400,7 +452,8 @@ def export_model(
         )
         repo.write_manifest(staging, manifest)
         manifest.verification = _verify_all(
-            steps, staging, manifest, batch, reference, spec.tolerance, lite, lite_convert_info
+            steps, staging, manifest, batch, reference, spec.tolerance, lite, lite_convert_info,
+            int8_check, spec.int8_min_agreement, quantization,
         )
         repo.write_manifest(staging, manifest)
         version = steps.run(
@@ -427,6 +480,9 @@ def _verify_all(
     tolerance: float,
     lite: tuple[str, dict[str, Any]] | None,
     lite_convert_info: dict[str, Any],
+    int8_check: tuple[np.ndarray, np.ndarray] | None = None,
+    int8_min_agreement: float = 0.98,
+    quantization: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     from training.export_verify import compare, merge, run_in_process, run_lite
 
@@ -480,17 +536,43 @@ def _verify_all(
             converted_from=str(lite_convert_info.get("fmk", "")),
             model_type=str(lite_convert_info.get("model_type", "MINDIR")),
         )
+    if manifest.has("onnx_int8") and int8_check is not None:
+        from training.onnx_quantize import top1_agreement_record
+
+        check_batch, check_reference = int8_check
+        try:
+            outputs = steps.run(
+                "verify onnx_int8",
+                lambda: run_in_process("onnxruntime", staging, data, check_batch, {"precision": "int8"}),
+            )
+            full = top1_agreement_record(check_reference, outputs["full"], int8_min_agreement)
+            again = top1_agreement_record(check_reference, outputs["full_again"], int8_min_agreement)
+            records["onnx_int8"] = full if full["top1_agreement"] <= again["top1_agreement"] else again
+            records["onnx_int8"]["passed"] = full["passed"] and again["passed"]
+        except VerificationError as exc:
+            records["onnx_int8"] = failed_record(exc, tolerance, len(check_batch))
+            records["onnx_int8"].update(rule="top1_agreement", min_top1_agreement=int8_min_agreement)
+        records["onnx_int8"].update(
+            runtime="onnxruntime", precision="int8", quantization=dict(quantization or {})
+        )
+
+    def describe(key: str, rec: dict[str, Any]) -> str:
+        if rec.get("rule") == "top1_agreement":
+            return (
+                f"{key}: top-1 agreement {rec['top1_agreement']:.3f} on {rec['samples']} images "
+                f"(minimum {rec['min_top1_agreement']:.3f}), max |logit diff| {rec['max_abs_diff']:.3g}"
+            )
+        return (
+            f"{key}: max |logit diff| {rec['max_abs_diff']:.3g} (tolerance {tolerance:g}), "
+            f"top-1 agreement {rec['top1_agreement']:.3f}"
+        )
+
     failed = {k: v for k, v in records.items() if not v["passed"]}
     for key, rec in records.items():
-        LOG.info(
-            "verify %s: max |diff| %.3g, top-1 agreement %.3f (tolerance %g) %s",
-            key, rec["max_abs_diff"], rec["top1_agreement"], tolerance, "ok" if rec["passed"] else "FAILED",
-        )  # fmt: skip
+        LOG.info("verify %s %s", describe(key, rec), "ok" if rec["passed"] else "FAILED")
     if failed:
         detail = "; ".join(
-            f"{k}: max |logit diff| {v['max_abs_diff']:.3g} (tolerance {tolerance:g}), "
-            f"top-1 agreement {v['top1_agreement']:.3f}" + (f", {v['error']}" if v.get("error") else "")
-            for k, v in failed.items()
+            describe(k, v) + (f", {v['error']}" if v.get("error") else "") for k, v in failed.items()
         )
         raise ExportError(f"verification failed, nothing published: {detail}")
     for rec in records.values():

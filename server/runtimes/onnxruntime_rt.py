@@ -3,8 +3,11 @@
 Devices: ``cpu`` (CPUExecutionProvider), ``gpu`` (CUDAExecutionProvider, when the installed
 onnxruntime build has it), ``ascend`` (CANNExecutionProvider, likewise). A requested provider that
 is absent is a RuntimeUnavailableError naming it; onnxruntime would otherwise fall back to the CPU
-silently. Threads: ``threads`` sets intra-op threads, ``inter_op_threads`` inter-op threads (1 by
-default: the DDRNet graph is a chain, parallel operators gain nothing).
+silently. Precision: ``fp32`` (default) runs ``model.onnx``; the option ``precision: int8`` runs the
+version's ``onnx_int8`` file (``model.int8.onnx``, the opt-in quantised export) and is a
+ModelFileError when the version has none, never a silent fall back to float32. Threads:
+``threads`` sets intra-op threads, ``inter_op_threads`` inter-op threads (1 by default: the DDRNet
+graph is a chain, parallel operators gain nothing).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class OnnxRuntime(Runtime):
         self._input_name = ""
         self._output_name = ""
         self._ort: Any = None
+        self.precision = "fp32"
 
     def load(
         self,
@@ -58,9 +62,23 @@ class OnnxRuntime(Runtime):
         except ImportError as exc:
             raise RuntimeUnavailableError(f"onnxruntime is not installed in this Python ({exc})") from None
         self._ort = ort
-        path = manifest_file(version_dir, manifest, "onnx", "model.onnx")
-        if path is None:
-            raise ModelFileError(f"{version_dir} has no ONNX model (model.onnx) for the onnxruntime runtime")
+        precision = str(options.get("precision") or "fp32")
+        if precision not in ("fp32", "int8"):
+            raise ValueError(f"unknown precision {precision!r}: expected fp32 or int8")
+        self.precision = precision
+        if precision == "int8":
+            path = manifest_file(version_dir, manifest, "onnx_int8", "model.int8.onnx")
+            if path is None:
+                raise ModelFileError(
+                    f"{version_dir} has no int8 ONNX model (model.int8.onnx) for precision int8: export "
+                    "it with `ddrnet export --formats ...,onnx_int8 --calibration-dir DIR`"
+                )
+        else:
+            path = manifest_file(version_dir, manifest, "onnx", "model.onnx")
+            if path is None:
+                raise ModelFileError(
+                    f"{version_dir} has no ONNX model (model.onnx) for the onnxruntime runtime"
+                )
         provider = _PROVIDERS[self.device]
         available = ort.get_available_providers()
         if provider not in available:
@@ -102,6 +120,7 @@ class OnnxRuntime(Runtime):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["providers"] = list(self._session.get_providers()) if self._session is not None else []
+        info["precision"] = self.precision
         return info
 
     def close(self) -> None:
