@@ -95,6 +95,13 @@ class _Item:
     timer: asyncio.TimerHandle | None = None
 
 
+def _cancel_reason(item: _Item, now: float) -> str:
+    """Why a cancelled request left the queue. A gRPC call whose deadline passes is cancelled by grpc
+    at the same moment the item's own deadline timer is due; whichever the event loop runs first, it
+    is a deadline expiry."""
+    return "deadline" if now >= item.deadline else "cancelled"
+
+
 @dataclass(eq=False)
 class _Generation:
     """One instance set and the version it serves, with its own queue and scheduling loop."""
@@ -379,7 +386,7 @@ class Batcher:
         if item.timer is not None:
             item.timer.cancel()
         self._leave_queue(1)
-        self._count_dropped("cancelled", 1)
+        self._count_dropped(_cancel_reason(item, time.monotonic()), 1)
         gen.wake.set()
 
     def _give_back(self, count: int) -> None:
@@ -453,7 +460,7 @@ class Batcher:
             if item.timer is not None:
                 item.timer.cancel()
             if item.future.done():  # cancelled; its done-callback has not run yet
-                self._count_dropped("cancelled", 1)
+                self._count_dropped(_cancel_reason(item, now), 1)
                 continue
             if item.deadline <= now:  # expired; its timer has not fired yet
                 self._count_dropped("deadline", 1)
