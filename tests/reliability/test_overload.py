@@ -62,6 +62,7 @@ def test_a_burst_of_ten_times_capacity(tmp_path) -> None:
     assert f.after_failures == 0 and f.after_img_s > 0
 
 
+FILLERS = 6
 MARKERS = [(11, 22, 33), (44, 55, 66), (77, 88, 99), (100, 110, 120), (130, 140, 150), (160, 170, 180)]
 
 
@@ -83,11 +84,12 @@ def test_cancelled_and_expired_requests_never_reach_the_model(slow_server) -> No
     def filler() -> None:
         results.append(httpx.post(url, content=rf.solid("red"), headers=png, timeout=60).status_code)
 
-    fillers = [threading.Thread(target=filler) for _ in range(3)]  # 1.2 s of work ahead of the markers
+    fillers = [threading.Thread(target=filler) for _ in range(FILLERS)]  # 2.4 s of work ahead
     for thread in fillers:
         thread.start()
-    assert rf.wait_until(lambda: rf.metric(httpx.get(f"{server.http_url}/metrics").text,
-                                           'ddrnet_queue_depth{model="slow"}') >= 2, 30, 0.02)
+    inflight = 'ddrnet_inflight_requests{model="slow",protocol="http"}'
+    assert rf.wait_until(lambda: rf.metric(httpx.get(f"{server.http_url}/metrics").text, inflight)
+                         >= FILLERS, 30, 0.02)  # every filler is in the queue or running
     marker = [rf.solid(rgb) for rgb in MARKERS]
     outcomes: dict[str, str] = {}
 
@@ -129,7 +131,7 @@ def test_cancelled_and_expired_requests_never_reach_the_model(slow_server) -> No
     for thread in fillers:
         thread.join(60)
 
-    assert results == [200, 200, 200]
+    assert results == [200] * FILLERS
     assert outcomes["http-disconnect"] == "client timeout"
     assert outcomes["http-deadline"].startswith("504") and "deadline" in outcomes["http-deadline"]
     assert outcomes["grpc-deadline"] == "DEADLINE_EXCEEDED"
@@ -139,17 +141,19 @@ def test_cancelled_and_expired_requests_never_reach_the_model(slow_server) -> No
         text = httpx.get(f"{server.http_url}/metrics").text
         return rf.metric(text, f'ddrnet_dropped_total{{model="slow",reason="{reason}"}}')
 
-    # Counted as they leave the queue: 2 deadlines (gRPC, header); 4 cancellations (HTTP disconnect,
-    # gRPC cancel, the two images of the cancelled stream).
-    assert rf.wait_until(lambda: dropped("deadline") >= 2 and dropped("cancelled") >= 4, 30), (
+    # Counted as they leave the queue: the X-Request-Timeout-Ms deadline; 4 cancellations (HTTP
+    # disconnect, gRPC cancel, the two images of the cancelled stream); the gRPC deadline is either:
+    # the client's expiry cancels the call a hair before the server's copy of the deadline is due.
+    assert rf.wait_until(lambda: dropped("deadline") + dropped("cancelled") >= 6, 30), (
         dropped("deadline"), dropped("cancelled"), server.log_tail())
-    assert dropped("deadline") == 2 and dropped("cancelled") == 4
+    assert dropped("deadline") + dropped("cancelled") == 6
+    assert dropped("deadline") >= 1 and dropped("cancelled") >= 4
     rf.wait_until(lambda: rf.metric(httpx.get(f"{server.http_url}/metrics").text,
                                     'ddrnet_queue_depth{model="slow"}') == 0, 30)
     seen = images_seen(server.model_log)
     for rgb in MARKERS:  # the model never saw any of them
         expected = rf.slow_runtime.normalised_means(rgb)
         assert all(max(abs(a - b) for a, b in zip(m, expected, strict=True)) > 1e-3 for m in seen), rgb
-    assert len(seen) == 3  # the three fillers and nothing else
+    assert len(seen) == FILLERS  # the fillers and nothing else
     after = httpx.post(url, content=rf.solid("blue"), headers=png, timeout=60)
     assert after.json()["results"][0]["predictions"][0]["label"] == "blue"
