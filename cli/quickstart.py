@@ -49,9 +49,22 @@ def _ddrnet(*args: str) -> list[str]:
 
 def _step(title: str, command: list[str]) -> None:
     print(f"==> {title}", flush=True)
-    result = subprocess.run(command, check=False)
-    if result.returncode != 0:
-        raise CliError(f"{title} failed (exit {result.returncode}): {' '.join(command[2:])}")
+    child = subprocess.Popen(command)
+    try:
+        returncode = child.wait()
+    finally:
+        if child.poll() is None:  # interrupted: a SIGTERM reaches this process only, not the step
+            child.terminate()
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    if returncode != 0:
+        raise CliError(f"{title} failed (exit {returncode}): {' '.join(command[2:])}")
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def newest_version(repository: Path) -> int | None:
@@ -139,6 +152,7 @@ def print_try_lines(host: str, http_port: int, grpc_port: int, image: Path | Non
 def run(args: argparse.Namespace) -> int:
     workdir: Path = args.workdir.resolve()
     repository = workdir / "models"
+    signal.signal(signal.SIGTERM, _interrupt)  # while building: stop the running step, then exit
     version = None if args.rebuild else newest_version(repository)
     if version is None:
         version = build_demo_model(workdir, args.overrides)

@@ -6,11 +6,12 @@ the data, trains, exports, serves and prints its try lines. The printed ``curl``
 ``ddrnet classify`` line are run as printed and must answer with predictions; SIGTERM then drains the
 server and the quickstart exits 0. Second run on the same work directory: no data or training step,
 the published version is reused, served, and answers again; Ctrl-C (SIGINT to the process group)
-stops it with exit status 0.
+stops it with exit status 0. A SIGTERM while the model is being built stops the running step too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -99,9 +100,10 @@ class Quickstart:
             pytest.fail(f"quickstart did not exit within {timeout_s} s of SIGTERM:\n{self.output[-3000:]}")
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
+        """SIGKILL whatever is left of the quickstart's process group (steps it left behind included)."""
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+        self.proc.wait(timeout=30)
 
 
 def _run_curl_line(line: str, http_port: int) -> dict:
@@ -170,3 +172,35 @@ def test_quickstart_builds_serves_and_reuses(tmp_path) -> None:
     finally:
         second.kill()
     assert not (workdir / "models" / "digits" / "2").exists()
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of running processes that contain ``text`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_sigterm_during_training_stops_the_training_step(tmp_path) -> None:
+    workdir = tmp_path / "demo"
+    quickstart = Quickstart(workdir, "--set", "epochs=1")
+    try:
+        deadline = time.monotonic() + 300
+        while "==> training" not in quickstart.output and quickstart.proc.poll() is None:
+            assert time.monotonic() < deadline, quickstart.output[-3000:]
+            time.sleep(0.2)
+        quickstart.proc.send_signal(signal.SIGTERM)
+        assert quickstart.proc.wait(timeout=90) != 0
+        assert "interrupted" in quickstart.output
+        assert not _processes_mentioning(str(workdir)), "a step of the quickstart outlived it"
+    finally:
+        quickstart.kill()
