@@ -3,7 +3,7 @@
 # ddrnet-serve inference server image.
 #
 #   docker build -t ddrnet-serve .
-#   docker run --rm -p 8000:8000 -p 8001:8001 -v "$PWD/demo/repository:/models:ro" ddrnet-serve
+#   docker run --rm -p 8000:8000 -p 8001:8001 -v "$PWD/demo/models:/models:ro" ddrnet-serve
 #
 # Build arguments (all optional):
 #   EXTRAS            pip extras of the project, e.g. "torch" (comma separated)

@@ -165,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         "serve", "--model-repository", str(repository), "--models", MODEL_NAME,
         "--http-host", args.host, "--http-port", str(args.http_port),
         "--grpc-host", args.host, "--grpc-port", str(args.grpc_port),
+        "--log-level", "warning",  # keep the ready lines below readable; the server logs warnings
     ))
     # Forward a SIGTERM to the server so it drains; Ctrl-C reaches it through the process group.
     signal.signal(signal.SIGTERM, lambda *_: server.send_signal(signal.SIGTERM))
