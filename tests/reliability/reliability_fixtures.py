@@ -46,9 +46,11 @@ class SlowServer(sf.ServerProcess):
         self.model_log = model_log
 
     def command(self) -> list[str]:
+        # One instance unless a test asks for more (the default is one per core): the tests count
+        # worker processes and batches.
         return [sys.executable, str(REPO_ROOT / "benchmarks" / "slow_runtime.py"), "serve",
                 "--model-repository", str(self.repository), "--http-port", "0", "--grpc-port", "0",
-                "--poll-interval-s", "0", "--log-level", "info", *self.args]
+                "--poll-interval-s", "0", "--log-level", "info", "--instances", "1", *self.args]
 
     def seen_means(self) -> list[list[float]]:
         assert self.model_log is not None, "start the server with model_log= to record what it saw"
