@@ -180,7 +180,8 @@ def _ms_name(key: str, targets: dict[str, tuple[int, ...]]) -> str | None:
 def _torch_load_reason(exc: Exception) -> str:
     """One line from torch.load's (often multi-paragraph) error."""
     text = str(exc).strip()
-    match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    # torch < 2.13: "Unsupported global: GLOBAL x.y"; torch 2.13: "unsupported GLOBAL x.y whose module ..."
+    match = re.search(r"unsupported (?:global: )?GLOBAL (\S+)", text, flags=re.IGNORECASE)
     if match:
         return f"it holds a {match.group(1)} object, which is not unpickled (torch.load weights_only=True)"
     return text.splitlines()[0] if text else type(exc).__name__

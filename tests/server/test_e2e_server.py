@@ -369,7 +369,7 @@ def test_hot_reload_under_load_with_zero_failed_requests(
 ) -> None:
     repository = sf.copy_repository(slim_repository, tmp_path / "repo")
     proc = sf.ServerProcess(repository, tmp_path / "server.log", "--poll-interval-s", "0.3",
-                            "--max-batch-size", "4")
+                            "--max-batch-size", "4", "--instances", "1")
     proc.start()
     try:
         url = f"{proc.http_url}/v1/models/slim/classify"
@@ -469,7 +469,8 @@ def test_sigterm_drains_every_accepted_request_then_exits_0(slim_repository, ref
 
 def test_sigkilled_worker_fails_at_most_its_batch(slim_repository, reference, tmp_path) -> None:
     repository = sf.copy_repository(slim_repository, tmp_path / "repo")
-    proc = sf.ServerProcess(repository, tmp_path / "server.log", "--max-batch-size", "4")
+    # One instance: the test finds "the" worker to kill and bounds the failures by its one batch.
+    proc = sf.ServerProcess(repository, tmp_path / "server.log", "--max-batch-size", "4", "--instances", "1")
     proc.start()
     try:
         url = f"{proc.http_url}/v1/models/slim/classify"
