@@ -19,7 +19,6 @@ in the server's certificate. ``token`` adds ``authorization: Bearer <token>`` me
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import oip
+from clients.classify_methods import AsyncClassifyMethods, SyncClassifyMethods
 from clients.errors import (
     ClientError,
     DeadlineExceededError,
@@ -38,11 +38,10 @@ from clients.errors import (
 )
 from clients.payload import ImageLike, to_bytes
 from clients.retry import RetryPolicy, acall_with_retry, call_with_retry
-from clients.types import ClassifyResult, ImageResult, Logits, merge, result_from_proto
+from clients.types import ClassifyResult, ImageResult, Logits, result_from_proto
 from protos import classify_pb2, classify_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 30.0
-DEFAULT_BATCH = 16
 MAX_MESSAGE_BYTES = 256 * 2**20  # the server enforces its own (smaller) limit
 
 
@@ -108,10 +107,6 @@ class _GrpcBase:
         chosen = self.version if version is None else str(version)
         return name, chosen or ""
 
-    def _deadline(self, timeout: float | None) -> float | None:
-        timeout = self.timeout if timeout is None else timeout
-        return None if timeout is None else time.monotonic() + timeout
-
     @staticmethod
     def _left(deadline: float | None) -> float | None:
         if deadline is None:
@@ -148,14 +143,8 @@ class _GrpcBase:
             raise ServerInternalError(f"sent {count} images, the answer has {len(result)} results")
         return result
 
-    @staticmethod
-    def _chunks(images: Sequence[bytes], batch_size: int) -> list[Sequence[bytes]]:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        return [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
 
-
-class GrpcClient(_GrpcBase):
+class GrpcClient(_GrpcBase, SyncClassifyMethods):
     """Blocking gRPC client over one channel; thread-safe. Use as a context manager or ``close()``."""
 
     def __init__(self, target: str = "127.0.0.1:8001", **kwargs: Any) -> None:
@@ -196,38 +185,6 @@ class GrpcClient(_GrpcBase):
     ) -> ClassifyResult:
         request = self._classify_request(images, top_k, model, version)
         return self._classify_result(self._call(self._classify.Classify, request, deadline), len(images))
-
-    def classify(
-        self, image: ImageLike, *, top_k: int | None = None, model: str | None = None,
-        version: str | int | None = None, timeout: float | None = None,
-    ) -> ImageResult:
-        """Top-k predictions for one image."""
-        return self._classify_call([to_bytes(image)], top_k, model, version, self._deadline(timeout))[0]
-
-    def classify_batch(
-        self, images: Sequence[ImageLike], *, top_k: int | None = None, model: str | None = None,
-        version: str | int | None = None, timeout: float | None = None,
-    ) -> ClassifyResult:
-        """Top-k predictions for each image, in order, from ONE request (the server limits how many
-        images a request may hold: 64 by default)."""
-        data = [to_bytes(image) for image in images]
-        if not data:
-            raise ValueError("no images to classify")
-        return self._classify_call(data, top_k, model, version, self._deadline(timeout))
-
-    def classify_many(
-        self, images: Sequence[ImageLike], *, top_k: int | None = None, model: str | None = None,
-        version: str | int | None = None, timeout: float | None = None, batch_size: int = DEFAULT_BATCH,
-    ) -> ClassifyResult:
-        """Top-k predictions for each image, in order; requests of up to ``batch_size`` images, one
-        after another; ``timeout`` bounds each request."""
-        data = [to_bytes(image) for image in images]
-        if not data:
-            raise ValueError("no images to classify")
-        return merge([
-            self._classify_call(chunk, top_k, model, version, self._deadline(timeout))
-            for chunk in self._chunks(data, batch_size)
-        ])
 
     def infer_images(
         self, images: Sequence[ImageLike], *, model: str | None = None, version: str | int | None = None,
@@ -285,7 +242,7 @@ class GrpcClient(_GrpcBase):
         return _metadata_dict(reply)
 
 
-class AsyncGrpcClient(_GrpcBase):
+class AsyncGrpcClient(_GrpcBase, AsyncClassifyMethods):
     """grpc.aio client. The channel is opened on first use inside the running event loop;
     ``async with`` it or ``await aclose()``. ``classify_many`` sends its requests concurrently."""
 
@@ -339,41 +296,6 @@ class AsyncGrpcClient(_GrpcBase):
     ) -> ClassifyResult:
         request = self._classify_request(images, top_k, model, version)
         return self._classify_result(await self._call("Classify", request, deadline), len(images))
-
-    async def classify(
-        self, image: ImageLike, *, top_k: int | None = None, model: str | None = None,
-        version: str | int | None = None, timeout: float | None = None,
-    ) -> ImageResult:
-        """Top-k predictions for one image."""
-        result = await self._classify_call([to_bytes(image)], top_k, model, version, self._deadline(timeout))
-        return result[0]
-
-    async def classify_batch(
-        self, images: Sequence[ImageLike], *, top_k: int | None = None, model: str | None = None,
-        version: str | int | None = None, timeout: float | None = None,
-    ) -> ClassifyResult:
-        """Top-k predictions for each image, in order, from ONE request."""
-        data = [to_bytes(image) for image in images]
-        if not data:
-            raise ValueError("no images to classify")
-        return await self._classify_call(data, top_k, model, version, self._deadline(timeout))
-
-    async def classify_many(
-        self, images: Sequence[ImageLike], *, top_k: int | None = None, model: str | None = None,
-        version: str | int | None = None, timeout: float | None = None, batch_size: int = DEFAULT_BATCH,
-        concurrency: int = 4,
-    ) -> ClassifyResult:
-        """Top-k predictions for each image, in order (requests of up to ``batch_size`` images)."""
-        data = [to_bytes(image) for image in images]
-        if not data:
-            raise ValueError("no images to classify")
-        slots = asyncio.Semaphore(max(1, concurrency))
-
-        async def one(chunk: Sequence[bytes]) -> ClassifyResult:
-            async with slots:
-                return await self._classify_call(chunk, top_k, model, version, self._deadline(timeout))
-
-        return merge(list(await asyncio.gather(*(one(c) for c in self._chunks(data, batch_size)))))
 
     async def infer_images(
         self, images: Sequence[ImageLike], *, model: str | None = None, version: str | int | None = None,

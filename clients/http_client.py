@@ -18,7 +18,6 @@ TLS: an ``https://`` server address; ``ca_cert`` (PEM bundle to trust), ``client
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from urllib.parse import quote
 import httpx
 
 from clients import oip
+from clients.classify_methods import AsyncClassifyMethods, SyncClassifyMethods
 from clients.errors import (
     ClientError,
     DeadlineExceededError,
@@ -38,12 +38,11 @@ from clients.errors import (
 )
 from clients.payload import ImageLike, content_type, to_bytes
 from clients.retry import RetryPolicy, acall_with_retry, call_with_retry
-from clients.types import ClassifyResult, ImageResult, Logits, merge, result_from_json
+from clients.types import ClassifyResult, Logits, result_from_json
 
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 ANSWER_GRACE_S = 0.5
 DEFAULT_TIMEOUT_S = 30.0
-DEFAULT_BATCH = 16  # images per request in classify_many (the server allows 64 by default)
 
 
 def base_url(server: str, tls: bool = False) -> str:
@@ -117,10 +116,6 @@ class _HttpBase:
             path += f"/versions/{quote(chosen, safe='')}"
         return f"{path}/{action}"
 
-    def _deadline(self, timeout: float | None) -> float | None:
-        timeout = self.timeout if timeout is None else timeout
-        return None if timeout is None else time.monotonic() + timeout
-
     @staticmethod
     def _attempt_timing(deadline: float | None) -> tuple[dict[str, str], float | None]:
         """(headers, httpx timeout) for one attempt; DeadlineExceededError when no time is left."""
@@ -163,14 +158,8 @@ class _HttpBase:
             return DeadlineExceededError(f"no answer from {url} in time ({type(exc).__name__})")
         return UnavailableError(f"cannot reach {url}: {type(exc).__name__}: {exc}")
 
-    @staticmethod
-    def _chunks(images: Sequence[bytes], batch_size: int) -> list[Sequence[bytes]]:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        return [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
 
-
-class HttpClient(_HttpBase):
+class HttpClient(_HttpBase, SyncClassifyMethods):
     """Blocking HTTP client; thread-safe (httpx.Client is). Use as a context manager or ``close()``."""
 
     def __init__(self, server: str = "127.0.0.1:8000", **kwargs: Any) -> None:
@@ -213,39 +202,6 @@ class HttpClient(_HttpBase):
         response = self._send("POST", path, deadline, **self._classify_body(images, top_k))
         return self._classify_result(response, len(images))
 
-    def classify(
-        self, image: ImageLike, *, top_k: int | None = None, model: str | None = None,
-        version: str | int | None = None, timeout: float | None = None,
-    ) -> ImageResult:
-        """Top-k predictions for one image."""
-        return self._classify_call([to_bytes(image)], top_k, model, version, self._deadline(timeout))[0]
-
-    def classify_batch(
-        self, images: Sequence[ImageLike], *, top_k: int | None = None, model: str | None = None,
-        version: str | int | None = None, timeout: float | None = None,
-    ) -> ClassifyResult:
-        """Top-k predictions for each image, in order, from ONE request (the server limits how many
-        images a request may hold: 64 by default)."""
-        data = [to_bytes(image) for image in images]
-        if not data:
-            raise ValueError("no images to classify")
-        return self._classify_call(data, top_k, model, version, self._deadline(timeout))
-
-    def classify_many(
-        self, images: Sequence[ImageLike], *, top_k: int | None = None, model: str | None = None,
-        version: str | int | None = None, timeout: float | None = None, batch_size: int = DEFAULT_BATCH,
-    ) -> ClassifyResult:
-        """Top-k predictions for each image, in order; requests of up to ``batch_size`` images, one
-        after another; ``timeout`` bounds each request."""
-        data = [to_bytes(image) for image in images]
-        if not data:
-            raise ValueError("no images to classify")
-        parts = [
-            self._classify_call(chunk, top_k, model, version, self._deadline(timeout))
-            for chunk in self._chunks(data, batch_size)
-        ]
-        return merge(parts)
-
     def infer_images(
         self, images: Sequence[ImageLike], *, model: str | None = None, version: str | int | None = None,
         timeout: float | None = None,
@@ -283,7 +239,7 @@ class HttpClient(_HttpBase):
         return self._check(self._get("/metrics", timeout)).text
 
 
-class AsyncHttpClient(_HttpBase):
+class AsyncHttpClient(_HttpBase, AsyncClassifyMethods):
     """asyncio HTTP client (one ``httpx.AsyncClient``); ``async with`` it or ``await aclose()``.
     ``classify_many`` sends its requests concurrently (up to ``concurrency`` at a time)."""
 
@@ -326,41 +282,6 @@ class AsyncHttpClient(_HttpBase):
         path = self._route(model, version, "classify")
         response = await self._send("POST", path, deadline, **self._classify_body(images, top_k))
         return self._classify_result(response, len(images))
-
-    async def classify(
-        self, image: ImageLike, *, top_k: int | None = None, model: str | None = None,
-        version: str | int | None = None, timeout: float | None = None,
-    ) -> ImageResult:
-        """Top-k predictions for one image."""
-        result = await self._classify_call([to_bytes(image)], top_k, model, version, self._deadline(timeout))
-        return result[0]
-
-    async def classify_batch(
-        self, images: Sequence[ImageLike], *, top_k: int | None = None, model: str | None = None,
-        version: str | int | None = None, timeout: float | None = None,
-    ) -> ClassifyResult:
-        """Top-k predictions for each image, in order, from ONE request."""
-        data = [to_bytes(image) for image in images]
-        if not data:
-            raise ValueError("no images to classify")
-        return await self._classify_call(data, top_k, model, version, self._deadline(timeout))
-
-    async def classify_many(
-        self, images: Sequence[ImageLike], *, top_k: int | None = None, model: str | None = None,
-        version: str | int | None = None, timeout: float | None = None, batch_size: int = DEFAULT_BATCH,
-        concurrency: int = 4,
-    ) -> ClassifyResult:
-        """Top-k predictions for each image, in order (requests of up to ``batch_size`` images)."""
-        data = [to_bytes(image) for image in images]
-        if not data:
-            raise ValueError("no images to classify")
-        slots = asyncio.Semaphore(max(1, concurrency))
-
-        async def one(chunk: Sequence[bytes]) -> ClassifyResult:
-            async with slots:
-                return await self._classify_call(chunk, top_k, model, version, self._deadline(timeout))
-
-        return merge(list(await asyncio.gather(*(one(c) for c in self._chunks(data, batch_size)))))
 
     async def infer_images(
         self, images: Sequence[ImageLike], *, model: str | None = None, version: str | int | None = None,
