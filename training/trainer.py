@@ -226,6 +226,11 @@ class Trainer:
         self.state = ckpt.TrainState(world_size=self.dist.world_size, seed=self.cfg.seed,
                                      steps_per_epoch=self.steps_per_epoch)
         if not self.resume:
+            existing = self.ckpts.periodic()
+            if existing:
+                raise TrainingError(
+                    f"output_dir {self.out} already holds checkpoints ({existing[-1].name}, ...): continue "
+                    "that run with --resume, or start a new one elsewhere (--set output_dir=DIR)")
             return
         if isinstance(self.resume, str):
             candidates = [Path(self.resume)]

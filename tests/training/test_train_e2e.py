@@ -112,6 +112,12 @@ def test_bad_config_and_missing_data_are_one_line_errors(folder, tmp_path):
     assert result.returncode == 2 and "device_target: GPU is not available" in result.stderr
     result = ddrnet("train", "--config", str(cfg), "--resume")
     assert result.returncode == 2 and "--resume: no checkpoint in" in result.stderr
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "run" / "checkpoints" / "e0001-s00000003.ckpt").write_bytes(b"an older run")
+    result = ddrnet("train", "--config", str(cfg))
+    assert result.returncode == 2 and "already holds checkpoints (e0001-s00000003.ckpt" in result.stderr
+    result = ddrnet("train", "--config", str(cfg), "--resume")  # a torn file is skipped, then nothing left
+    assert result.returncode == 2 and "no usable checkpoint" in result.stderr
     result = ddrnet("eval", "--config", str(cfg), "--checkpoint", str(tmp_path / "none.ckpt"))
     assert result.returncode == 2 and "checkpoint not found" in result.stderr
     assert all("Traceback" not in r for r in (result.stderr,))
