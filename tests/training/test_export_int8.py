@@ -205,3 +205,32 @@ def test_server_serves_int8_when_asked_and_fp32_by_default(int8_version):
 
     assert asyncio.run(served_file("int8")) == "model.int8.onnx"
     assert asyncio.run(served_file("fp32")) == "model.onnx"
+
+
+def test_cli_int8_options(checkpoint, tmp_path):
+    import argparse
+
+    from cli.errors import CliError
+    from training import cli_export
+
+    def parse(argv: list[str]) -> argparse.Namespace:
+        parser = argparse.ArgumentParser(prog="ddrnet export")
+        cli_export.add_arguments(parser)
+        return parser.parse_args(argv)
+
+    common = ["--checkpoint", str(checkpoint), "--repository", str(tmp_path / "r"), "--name", "slim",
+              "--formats", "onnx,onnx_int8"]
+    with pytest.raises(CliError, match="needs calibration images: give --calibration-dir"):
+        cli_export.run(parse([*common, "--arch", "ddrnet23_slim"]))
+    # With --config the calibration images default to the training split's folder.
+    data = tmp_path / "data"
+    (data / "train" / "a").mkdir(parents=True)
+    config = tmp_path / "train.yaml"
+    config.write_text(f"arch: ddrnet23_slim\nnum_classes: 2\ndata_url: {data}\noutput_dir: {tmp_path}\n")
+    spec = cli_export.build_spec(parse([*common, "--config", str(config), "--calibration-images", "5",
+                                        "--int8-min-agreement", "0.9"]))
+    assert spec.calibration_dir == data / "train"
+    assert (spec.calibration_images, spec.int8_min_agreement) == (5, 0.9)
+    argv = [*common, "--config", str(config), "--calibration-dir", str(tmp_path)]
+    explicit = cli_export.build_spec(parse(argv))
+    assert explicit.calibration_dir == tmp_path
