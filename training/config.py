@@ -106,7 +106,7 @@ class TrainConfig(BaseModel):
     opt_eps: float = Field(1e-8, gt=0.0, lt=1.0, description="AdamW/RMSProp epsilon")
     python_multiprocessing: bool = Field(
         False, description="run the Python decode/augment ops in worker processes instead of threads")
-    jit: bool = Field(True, description="compile the train/eval step with mindspore.jit (graph mode)")
+    jit: bool = Field(True, description="compile the train step with mindspore.jit (graph mode)")
     max_steps_per_epoch: int = Field(0, ge=0, description="cap steps per epoch (smoke runs); 0 = all")
 
     @field_validator("arch", mode="before")
