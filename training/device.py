@@ -33,6 +33,8 @@ def setup_context(device_target: str) -> None:
     prepare_cpu_env()
     import mindspore as ms
 
+    from model.ms_device import use_device
+
     if device_target != "CPU":
         try:
             available = ms.hal.is_available(device_target)
@@ -44,7 +46,7 @@ def setup_context(device_target: str) -> None:
                 f"machine (try --set device_target=CPU)"
             )
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    ms.set_device(device_target)
+    use_device(device_target)
 
 
 def apply_amp(net, amp_level: str, keep_bn_fp32: bool):

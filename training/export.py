@@ -259,11 +259,12 @@ def _build_network(spec: ExportSpec) -> Any:
     import mindspore as ms
 
     import model as models
+    from model.ms_device import use_device
     from model.onednn import configure_onednn
 
     configure_onednn()  # before the first CPU convolution (50x slower without it, BENCHMARKS.md)
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU", 0)
+    use_device("CPU", 0)
     net = models.create_model(spec.arch, num_classes=spec.num_classes, variant=spec.variant)
     try:
         ignored = models.load_checkpoint(net, str(spec.checkpoint))

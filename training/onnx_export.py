@@ -108,9 +108,10 @@ def _child(args: argparse.Namespace) -> int:
     import numpy as np
 
     import model as models
+    from model.ms_device import use_device
 
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU", 0)
+    use_device("CPU", 0)
     net = models.create_model(args.arch, num_classes=args.num_classes, variant=args.variant)
     models.load_checkpoint(net, args.checkpoint)
     net.set_train(False)

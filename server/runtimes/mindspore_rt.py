@@ -33,6 +33,8 @@ _MS_DEVICE = {"cpu": "CPU", "gpu": "GPU", "ascend": "Ascend"}
 def _select_device(ms: Any, device: str, device_id: int) -> None:
     """Set MindSpore's device, first checking the installed package can use it (MindSpore would
     otherwise fail later, at the first kernel launch, with a long message)."""
+    from model.ms_device import use_device
+
     target = _MS_DEVICE[device]
     if device != "cpu":
         module = getattr(getattr(ms, "device_context", None), device, None)
@@ -48,7 +50,7 @@ def _select_device(ms: Any, device: str, device_id: int) -> None:
                     f"MindSpore sees {count} {target} device(s); device id {device_id} does not exist"
                 )
     try:
-        ms.set_device(target, device_id)
+        use_device(target, device_id)
     except (RuntimeError, ValueError) as exc:
         raise RuntimeUnavailableError(f"MindSpore cannot use device {target}:{device_id}: {exc}") from None
 

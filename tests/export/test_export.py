@@ -12,6 +12,7 @@ import pytest
 
 from cli.errors import CliError
 from model import repository as repo
+from model.ms_device import use_device
 from training import cli_export
 from training.export import ExportError, ExportSpec, export_model, find_lite
 from training.export_verify import compare, sample_batch, sample_image_paths
@@ -29,7 +30,7 @@ def checkpoint(tmp_path_factory) -> Path:
     import model
 
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU", 0)
+    use_device("CPU", 0)
     ms.set_seed(0)
     net = model.create_model("ddrnet23_slim", num_classes=NUM_CLASSES)
     path = tmp_path_factory.mktemp("ckpt") / "slim10.ckpt"

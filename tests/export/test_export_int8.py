@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from model import repository as repo
+from model.ms_device import use_device
 from training.export import ExportError, ExportSpec, _resolve_formats, export_model
 from training.onnx_quantize import calibration_paths, top1_agreement_record
 
@@ -28,7 +29,7 @@ def checkpoint(tmp_path_factory) -> Path:
     import model
 
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU", 0)
+    use_device("CPU", 0)
     ms.set_seed(0)
     net = model.create_model("ddrnet23_slim", num_classes=NUM_CLASSES)
     path = tmp_path_factory.mktemp("ckpt") / "slim10.ckpt"

@@ -151,10 +151,11 @@ def _build(out: str) -> None:
     import mindspore as ms
 
     import model
+    from model.ms_device import use_device
     from training.export import ExportSpec, export_model
 
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU", 0)
+    use_device("CPU", 0)
     ms.set_seed(3)
     net = model.create_model("ddrnet23_slim", num_classes=SLIM_CLASSES)
     os.makedirs(out, exist_ok=True)
