@@ -74,6 +74,18 @@ def _bind_http(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _warn_on_pure_python_protobuf() -> None:
+    """gRPC messages parse several times slower in protobuf's pure-Python implementation than in
+    upb. Importing MindSpore sets PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python in its process and so
+    in every process it starts; a server launched from one inherits it without anyone asking."""
+    from google.protobuf.internal import api_implementation
+
+    if api_implementation.Type() == "python":
+        log.warning("protobuf runs its pure-Python implementation (PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="
+                    "python, which importing MindSpore sets for its child processes): gRPC parsing is "
+                    "slower; unset the variable to use upb")
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -91,6 +103,7 @@ async def serve(
     Raises StartupError when the server cannot start (port in use, a model that cannot load).
     """
     log.info("effective configuration: %s", json.dumps(describe_settings(settings), sort_keys=True))
+    _warn_on_pure_python_protobuf()
     metrics = ServerMetrics(process_collectors=True)
     manager = ModelManager(settings, metrics, runtime=runtime, extra_pythonpath=extra_pythonpath)
     preprocessor = Preprocessor(settings.preprocess_workers or 1)

@@ -329,7 +329,11 @@ def _lenient(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     def deserialize(data: bytes) -> Any:
         try:
             return parse(data)
-        except DecodeError as exc:  # grpc would answer UNKNOWN "Unexpected <class ...DecodeError>"
+        # grpc would answer UNKNOWN "Unexpected <class ...DecodeError>". protobuf's pure-Python
+        # implementation raises UnicodeDecodeError for a string field with bad UTF-8 where upb raises
+        # DecodeError; importing MindSpore sets PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python for its
+        # process and every child, so a server started from such a process gets that implementation.
+        except (DecodeError, UnicodeDecodeError) as exc:
             return _Malformed(f"cannot parse the request message: {exc}")
 
     return deserialize

@@ -255,6 +255,10 @@ class ServerProcess:
 
     def start(self, timeout_s: float = 180.0) -> ServerProcess:
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), GLOG_v="3", PYTHONUNBUFFERED="1")
+        # Importing MindSpore in this test process (any earlier test) sets this for every child: the
+        # server under test would parse gRPC in pure Python depending on test order. A test that
+        # wants it sets it in ``env`` (tests/server/test_grpc_api.py covers that implementation).
+        env.pop("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", None)
         env.update(self.env or {})
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in kill()
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=self._log, text=True,

@@ -298,3 +298,31 @@ def test_bearer_token_and_message_size_limit(repository) -> None:
             await expect_status(grpc.StatusCode.RESOURCE_EXHAUSTED, stub.Classify(big, metadata=good))
 
     run(main())
+
+
+@pytest.mark.parametrize("implementation", ["upb", "python"])
+def test_malformed_messages_are_invalid_argument_under_either_protobuf_implementation(implementation) -> None:
+    """Pure-Python protobuf raises UnicodeDecodeError for bad UTF-8 where upb raises DecodeError; the
+    server sees that implementation whenever it is started from a process that imported MindSpore."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        from google.protobuf.internal import api_implementation
+        from protos import classify_pb2, grpc_service_pb2
+        from server.grpc_api import _lenient, _Malformed
+        print(api_implementation.Type())
+        for parse in (classify_pb2.ClassifyRequest.FromString, grpc_service_pb2.ModelInferRequest.FromString):
+            for data in (b"\\x0a\\x02\\xff\\xfe", b"\\x12\\x80"):  # bad UTF-8 in field 1; a cut length
+                got = _lenient(parse)(data)
+                assert isinstance(got, _Malformed), (parse, data, got)
+                assert got.message.startswith("cannot parse the request message"), got.message
+        print("ok")
+    """)
+    env = dict(os.environ, PYTHONPATH=str(sf.REPO_ROOT))
+    env["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = implementation
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [implementation, "ok"]
