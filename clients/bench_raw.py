@@ -9,9 +9,17 @@ Two costs, on the same model version and the same payload images as the served m
   by ``server.preprocessing.build_transform``, decode included) over the payload, one thread.
 
 ``L = 1 / (model time per image at the best batch size + preprocessing time per image)`` is what one
-image costs when nothing overlaps; served img/s ÷ L is the serving efficiency. A runtime whose
-library cannot be imported in this Python (MindSpore Lite from PyPI needs Python 3.7) is measured in
-the server's own worker process instead (``server.worker_client``; ``runtime_python``), which adds
+image costs when nothing overlaps; served img/s ÷ L is the serving efficiency.
+
+A *placement* is ``instances × threads``: one runtime with T threads in this process, or N worker
+processes (the server's own ``server.worker_client``, each with T threads) fed the same batch size
+at the same time, their model time per image being wall time / images of all N together. That is
+how the server uses the machine (by default one single-threaded instance per core), so measuring
+only one process with every core as intra-op threads would understate the machine on a CPU where
+several independent instances run faster (BENCHMARKS.md, "thread placement").
+:func:`measure_placements` measures several placements on the same payload and the caller takes the
+best as the machine's limit. A runtime whose library cannot be imported in this Python (MindSpore
+Lite from PyPI needs Python 3.7) is measured in worker processes under ``runtime_python``, which adds
 only the shared-memory hand-over to each batch. Each measurement is bounded by ``seconds``.
 """
 
@@ -40,13 +48,19 @@ class RawResult:
     version: str
     runtime: str
     threads: int | None
-    where: str  # "in-process" or "worker process"
-    batch_ms: dict[int, float]  # batch size -> median ms per call
+    where: str  # "in-process" or "worker process(es)"
+    batch_ms: dict[int, float]  # batch size -> median ms per call (all instances calling at once)
     preprocess_ms_per_image: float
     describe: dict[str, Any] = field(default_factory=dict)
+    instances: int = 1
+
+    @property
+    def placement(self) -> str:
+        return f"{self.instances} x {self.threads if self.threads is not None else 'default'}"
 
     def img_s(self, batch: int) -> float:
-        return 1000.0 * batch / self.batch_ms[batch]
+        """All instances together: each finishes ``batch`` images every ``batch_ms[batch]``."""
+        return 1000.0 * self.instances * batch / self.batch_ms[batch]
 
     @property
     def best_batch(self) -> int:
@@ -54,7 +68,7 @@ class RawResult:
 
     @property
     def model_ms_per_image(self) -> float:
-        return self.batch_ms[self.best_batch] / self.best_batch
+        return 1000.0 / self.img_s(self.best_batch)
 
     @property
     def limit_img_s(self) -> float:
@@ -67,18 +81,26 @@ class RawResult:
             "version": self.version,
             "runtime": self.runtime,
             "threads": self.threads,
+            "instances": self.instances,
+            "placement": self.placement,
             "where": self.where,
             "batches": [
-                {"batch_size": b, "ms_per_batch": round(ms, 3), "img_s": round(self.img_s(b), 3)}
+                {"batch_size": b, "ms_per_batch": _sig(ms), "img_s": _sig(self.img_s(b))}
                 for b, ms in sorted(self.batch_ms.items())
             ],
             "best_batch_size": self.best_batch,
-            "model_ms_per_image": round(self.model_ms_per_image, 4),
-            "model_img_s": round(1000.0 / self.model_ms_per_image, 3),
-            "preprocess_ms_per_image": round(self.preprocess_ms_per_image, 4),
-            "limit_img_s": round(self.limit_img_s, 3),
+            "model_ms_per_image": _sig(self.model_ms_per_image),
+            "model_img_s": _sig(1000.0 / self.model_ms_per_image),
+            "preprocess_ms_per_image": _sig(self.preprocess_ms_per_image),
+            "limit_img_s": _sig(self.limit_img_s),
             "runtime_describe": self.describe,
         }
+
+
+def _sig(value: float, digits: int = 6) -> float:
+    """``value`` to ``digits`` significant figures: a fixed number of decimals would wipe out the
+    figures of a tiny test model's microsecond batches."""
+    return float(f"{value:.{digits}g}")
 
 
 def _timed(fn: Callable[[], Any], seconds: float) -> list[float]:
@@ -131,6 +153,7 @@ def measure(
     version: str | None = None,
     runtime: str = "auto",
     threads: int | None = None,
+    instances: int = 1,
     batch_sizes: Sequence[int] = (1, 2, 4, 8),
     seconds: float = 2.0,
     device: str = "cpu",
@@ -138,69 +161,122 @@ def measure(
     max_pixels: int = 40_000_000,
     precision: str = "fp32",
 ) -> RawResult:
-    """Measure model time per batch size and preprocessing per image (see the module docstring).
-    ValueError for a missing model/version or runtime; the runtimes' own errors pass through."""
+    """Measure one placement (``instances`` × ``threads``) and the preprocessing per image."""
+    return measure_placements(
+        repository, model, payload, [(instances, threads)], version=version, runtime=runtime,
+        batch_sizes=batch_sizes, seconds=seconds, device=device, runtime_python=runtime_python,
+        max_pixels=max_pixels, precision=precision,
+    )[0]
+
+
+def measure_placements(
+    repository: Path,
+    model: str,
+    payload: Sequence[bytes],
+    placements: Sequence[tuple[int, int | None]],
+    *,
+    version: str | None = None,
+    runtime: str = "auto",
+    batch_sizes: Sequence[int] = (1, 2, 4, 8),
+    seconds: float = 2.0,
+    device: str = "cpu",
+    runtime_python: str | None = None,
+    max_pixels: int = 40_000_000,
+    precision: str = "fp32",
+) -> list[RawResult]:
+    """Model time per batch size for each (instances, threads) placement, one after the other, and
+    the preprocessing per image once (see the module docstring). ValueError for a missing
+    model/version or runtime, or a placement below 1; the runtimes' own errors pass through."""
     from server import runtimes
     from server.preprocessing import build_transform
 
+    for instances, threads in placements:
+        if instances < 1 or (threads is not None and threads < 1):
+            raise ValueError(f"placement {instances} x {threads}: instances and threads must be at least 1")
     vdir, manifest = _load_version(repository, model, version)
     transform = build_transform(manifest, max_pixels)
     pre_ms = preprocess_cost(transform, payload, seconds)
     inputs = transform.batch(list(payload))
     manifest_dict = manifest.to_dict()
     name = runtimes.select_runtime(runtime, str(vdir), manifest_dict) if runtime_python is None else runtime
-    options: dict[str, Any] = {} if threads is None else {"threads": threads}
+    options: dict[str, Any] = {}
     if precision != "fp32":  # the server's --precision int8: ONNX Runtime on model.int8.onnx
         options["precision"] = precision
-    if runtime_python is None:
-        rt = runtimes.create_runtime(name)
-        rt.load(str(vdir), manifest_dict, device, 0, options)
-        try:
-            batch_ms = {}
-            for size in batch_sizes:
-                batch = _batch(inputs, size)
-                for _ in range(WARMUP_CALLS):
-                    rt.infer(batch)
-                batch_ms[size] = 1000.0 * statistics.median(_timed(lambda b=batch: rt.infer(b), seconds))
-            describe = rt.describe()
-        finally:
-            rt.close()
-        where = "in-process"
-    else:
-        batch_ms, describe = asyncio.run(
-            _measure_in_worker(vdir, manifest_dict, name, threads, batch_sizes, inputs, seconds, device,
-                               runtime_python)
-        )
-        name = describe.get("runtime", name)
-        where = "worker process"
-    return RawResult(model, str(manifest.version), name, threads, where, batch_ms, pre_ms, describe)
+    results = []
+    for instances, threads in placements:
+        run_options = dict(options) if threads is None else {**options, "threads": threads}
+        if runtime_python is None and instances == 1:
+            batch_ms, describe = _measure_in_process(vdir, manifest_dict, name, run_options, batch_sizes,
+                                                     inputs, seconds, device)
+            where, actual = "in-process", name
+        else:
+            batch_ms, describe = asyncio.run(_measure_in_workers(
+                vdir, manifest_dict, name, instances, threads, options, batch_sizes, inputs, seconds,
+                device, runtime_python,
+            ))
+            actual = describe.get("runtime", name)
+            where = "worker process" if instances == 1 else f"{instances} worker processes at once"
+        results.append(RawResult(model, str(manifest.version), actual, threads, where, batch_ms, pre_ms,
+                                 describe, instances))
+    return results
 
 
-async def _measure_in_worker(
-    vdir: Path, manifest: dict[str, Any], runtime: str, threads: int | None, batch_sizes: Sequence[int],
-    inputs: np.ndarray, seconds: float, device: str, python: str,
+def _measure_in_process(
+    vdir: Path, manifest: dict[str, Any], name: str, options: dict[str, Any], batch_sizes: Sequence[int],
+    inputs: np.ndarray, seconds: float, device: str,
 ) -> tuple[dict[int, float], dict[str, Any]]:
-    from server.worker_client import WorkerInstance
+    from server import runtimes
 
-    worker = WorkerInstance(
-        vdir, manifest, runtime=runtime, device=device, threads=threads, max_batch_size=max(batch_sizes),
-        python=python, warmup_batch_sizes=list(batch_sizes), restart=False,
-    )
-    await worker.start()
+    rt = runtimes.create_runtime(name)
+    rt.load(str(vdir), manifest, device, 0, options)
     try:
         batch_ms = {}
         for size in batch_sizes:
             batch = _batch(inputs, size)
             for _ in range(WARMUP_CALLS):
+                rt.infer(batch)
+            batch_ms[size] = 1000.0 * statistics.median(_timed(lambda b=batch: rt.infer(b), seconds))
+        return batch_ms, rt.describe()
+    finally:
+        rt.close()
+
+
+async def _measure_in_workers(
+    vdir: Path, manifest: dict[str, Any], runtime: str, instances: int, threads: int | None,
+    options: dict[str, Any], batch_sizes: Sequence[int], inputs: np.ndarray, seconds: float, device: str,
+    python: str | None,
+) -> tuple[dict[int, float], dict[str, Any]]:
+    """N worker processes (the server's), all fed the same batch size at once; the median call time
+    of every call in the window (MIN_CALLS at least per worker)."""
+    from server.worker_client import WorkerInstance
+
+    workers = [
+        WorkerInstance(
+            vdir, manifest, runtime=runtime, device=device, threads=threads, options=dict(options),
+            max_batch_size=max(batch_sizes), python=python, warmup_batch_sizes=list(batch_sizes),
+            restart=False, name=f"raw-{i}",
+        )
+        for i in range(instances)
+    ]
+    try:
+        await asyncio.gather(*(w.start() for w in workers))
+
+        async def loop(worker: WorkerInstance, batch: np.ndarray, end: float) -> list[float]:
+            for _ in range(WARMUP_CALLS):
                 await worker.infer(batch)
             times: list[float] = []
-            end = time.perf_counter() + seconds
             while len(times) < MIN_CALLS or time.perf_counter() < end:
                 started = time.perf_counter()
                 await worker.infer(batch)
                 times.append(time.perf_counter() - started)
-            batch_ms[size] = 1000.0 * statistics.median(times)
-        describe = dict(worker.describe())
+            return times
+
+        batch_ms = {}
+        for size in batch_sizes:
+            batch = _batch(inputs, size)
+            end = time.perf_counter() + seconds
+            per_worker = await asyncio.gather(*(loop(w, batch, end) for w in workers))
+            batch_ms[size] = 1000.0 * statistics.median([t for times in per_worker for t in times])
+        return batch_ms, dict(workers[0].describe())
     finally:
-        await worker.stop()
-    return batch_ms, describe
+        await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)

@@ -12,7 +12,12 @@ preprocess, inference, mean batch size, instance busy) read from ``/metrics`` (t
 ``--metrics-url``). ``--raw`` then measures, in this process, the same model version with the
 server's runtime and thread count at ``--raw-batch-sizes``, and the preprocessing cost per image of
 the same payload: ``L = 1 / (model ms/img at the best batch + preprocess ms/img)``, and every level's
-served ÷ L. Output: a table; ``--json FILE``; ``--plot FILE`` (throughput vs p99 latency, PNG).
+served ÷ L. The raw model time is measured for the server's placement (``--instances`` ×
+``--threads``; default: the server's own default for this machine, one single-threaded instance per
+core on a CPU) and for every ``--raw-placements`` entry (default: also one instance with every core
+as threads), N instances running at once in worker processes; L takes the fastest placement, so it
+is the machine's limit and not one configuration's. Output: a table; ``--json FILE``; ``--plot FILE``
+(throughput vs p99 latency, PNG).
 The bench talks only to the addresses it is given and every phase is bounded in time.
 """
 
@@ -71,9 +76,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     raw.add_argument("--runtime", default=None, metavar="NAME",
                      help="runtime for --raw (default: the one the server reports for the model)")
     raw.add_argument("--threads", type=int, default=None, metavar="N",
-                     help="runtime threads for --raw (default: the server's default, cores / instances)")
-    raw.add_argument("--instances", type=int, default=1, metavar="N",
-                     help="instances the server runs (for the default --threads; default: 1)")
+                     help="threads per instance the server runs (default: the server's default, "
+                          "cores / instances)")
+    raw.add_argument("--instances", type=int, default=None, metavar="N",
+                     help="instances the server runs (default: the server's default on this machine: one "
+                          "per core, at most 8)")
+    raw.add_argument("--raw-placements", default=None, metavar="NxT[,NxT...]",
+                     help="more instances x threads placements to measure; L uses the fastest "
+                          "(default: 1xCORES besides the server's placement)")
     raw.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                      help="the server's --precision, for --raw (default: fp32)")
     raw.add_argument("--raw-batch-sizes", default="1,2,4,8", metavar="B[,B...]", help="default: 1,2,4,8")
@@ -223,33 +233,69 @@ async def _served(args: argparse.Namespace, protocols: list[str], addresses: dic
     return results, info
 
 
-def _raw(args: argparse.Namespace, info: dict[str, Any], payload: list[bytes]) -> Any:
+def _placement_list(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        n, sep, t = part.partition("x")
+        if not sep or not (n.isdigit() and t.isdigit()) or int(n) < 1 or int(t) < 1:
+            raise CliError(f"--raw-placements must be INSTANCESxTHREADS entries like 2x1,1x2, got {part!r}")
+        out.append((int(n), int(t)))
+    if not out:
+        raise CliError(f"--raw-placements must be INSTANCESxTHREADS entries like 2x1,1x2, got {text!r}")
+    return out
+
+
+def raw_placements(args: argparse.Namespace) -> list[tuple[int, int]]:
+    """The server's placement first (derived like ``ddrnet serve`` derives it), then the others."""
+    from server.settings import ServerSettings, available_cores, derive_defaults
+
+    for option, value in (("--instances", args.instances), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise CliError(f"{option} must be at least 1, got {value}")
+    server = derive_defaults(ServerSettings.model_construct(
+        device="cpu", instances=args.instances, threads_per_instance=args.threads, preprocess_workers=None,
+    ))
+    placements = [(int(server.instances), int(server.threads_per_instance))]
+    extra = _placement_list(args.raw_placements) if args.raw_placements else [(1, available_cores())]
+    placements += [p for p in extra if p not in placements]
+    return placements
+
+
+def _raw(args: argparse.Namespace, info: dict[str, Any], payload: list[bytes]) -> list[Any]:
     from clients import bench_raw
-    from server.settings import available_cores
 
     runtime = args.runtime or info.get("platform") or "auto"
-    threads = args.threads or max(1, available_cores() // max(1, args.instances))
     sizes = _int_list(args.raw_batch_sizes, "--raw-batch-sizes")
-    print(f"ddrnet bench: raw {runtime} {args.precision} ({threads} threads) at batch sizes {sizes}, "
-          f"{args.raw_s:g} s each, and preprocessing", file=sys.stderr, flush=True)
+    placements = raw_placements(args)
+    shown = ", ".join(f"{n} x {t}" for n, t in placements)
+    print(f"ddrnet bench: raw {runtime} {args.precision}, instances x threads {shown}, at batch sizes "
+          f"{sizes}, {args.raw_s:g} s each, and preprocessing", file=sys.stderr, flush=True)
     try:
-        return bench_raw.measure(
-            args.model_repository, info["model"], payload, version=info.get("version") or None,
-            runtime=runtime, threads=threads, batch_sizes=sizes, seconds=args.raw_s,
-            runtime_python=args.runtime_python, precision=args.precision,
+        return bench_raw.measure_placements(
+            args.model_repository, info["model"], payload, placements, version=info.get("version") or None,
+            runtime=runtime, batch_sizes=sizes, seconds=args.raw_s, runtime_python=args.runtime_python,
+            precision=args.precision,
         )
     except (ValueError, OSError) as exc:
         raise CliError(f"--raw: {exc}") from None
     except RuntimeError as exc:  # RuntimeUnavailableError, ModelFileError
         raise CliError(f"--raw: runtime {runtime}: {exc}") from None
+    except Exception as exc:  # a worker that failed to start (ServingError) names its cause
+        raise CliError(f"--raw: runtime {runtime}: {exc}") from None
+
+
+def best_raw(raws: list[Any]) -> Any:
+    """The placement with the highest L (the machine's limit)."""
+    return max(raws, key=lambda r: r.limit_img_s) if raws else None
 
 
 def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def format_report(results: list[Any], raw: Any, info: dict[str, Any]) -> str:
+def format_report(results: list[Any], raws: list[Any], info: dict[str, Any]) -> str:
     """The human-readable table of a bench run."""
+    raw = best_raw(raws)
     lines = [f"model {info.get('model')} v{info.get('version')} ({info.get('platform')}), "
              f"window {results[0].window_s:.1f} s per level" if results else "no levels"]
     head = ("protocol", "load", "img/s", "p50", "p90", "p95", "p99", "errors", "queue", "pre/req",
@@ -274,19 +320,23 @@ def format_report(results: list[Any], raw: Any, info: dict[str, Any]) -> str:
     lines.append("latency ms (client, successful requests); queue = ms/image in the batch queue; pre/req = "
                  "server decode+transform ms per request; infer/b = model ms per batch; busy = instance "
                  "time share; cpu/req = this bench's CPU ms per request")
-    if raw is not None:
+    for r in raws:
         lines.append("")
-        lines.append(f"raw: {raw.runtime} v{raw.version}, {raw.threads} threads, {raw.where}")
-        for b, ms in sorted(raw.batch_ms.items()):
-            lines.append(f"  batch {b:>3}: {ms:8.2f} ms/batch  {raw.img_s(b):8.1f} img/s")
+        best = " (fastest: L)" if r is raw and len(raws) > 1 else ""
+        lines.append(f"raw: {r.runtime} v{r.version}, {r.instances} instance(s) x {r.threads} threads, "
+                     f"{r.where}{best}")
+        for b, ms in sorted(r.batch_ms.items()):
+            lines.append(f"  batch {b:>3}: {ms:8.2f} ms/batch  {r.img_s(b):8.1f} img/s")
+        lines.append(f"  model: {r.model_ms_per_image:.2f} ms/image at batch {r.best_batch}")
+    if raw is not None:
         pre = raw.preprocess_ms_per_image
-        lines.append(f"  preprocessing (decode + eval transform, 1 thread): {pre:.2f} ms/image")
-        lines.append(f"  L = 1 / ({raw.model_ms_per_image:.2f} ms model at batch {raw.best_batch} + "
-                     f"{raw.preprocess_ms_per_image:.2f} ms preprocessing) = {raw.limit_img_s:.1f} img/s")
+        lines.append(f"preprocessing (decode + eval transform, 1 thread): {pre:.2f} ms/image")
+        lines.append(f"L = 1 / ({raw.model_ms_per_image:.2f} ms model ({raw.placement}, batch "
+                     f"{raw.best_batch}) + {pre:.2f} ms preprocessing) = {raw.limit_img_s:.1f} img/s")
     return "\n".join(lines)
 
 
-def write_plot(path: Path, results: list[Any], raw: Any) -> None:
+def write_plot(path: Path, results: list[Any], raw: Any) -> None:  # raw: the fastest placement
     """Throughput vs p99 latency, one line per protocol, each point labelled with its load level."""
     import matplotlib
 
@@ -351,9 +401,12 @@ def run(args: argparse.Namespace) -> int:
     addresses = _addresses(args, protocols)
     files, payload = _payload(args)
 
+    if args.raw:
+        raw_placements(args)  # a bad --raw-placements/--instances fails before the load test
     results, info = asyncio.run(_served(args, protocols, addresses, payload, levels))
-    raw = _raw(args, info, payload) if args.raw else None
-    print(format_report(results, raw, info))
+    raws = _raw(args, info, payload) if args.raw else []
+    raw = best_raw(raws)
+    print(format_report(results, raws, info))
 
     report: dict[str, Any] = {
         "server": {k: v for k, v in addresses.items() if v},
@@ -363,6 +416,7 @@ def run(args: argparse.Namespace) -> int:
         "measure_s": args.measure_s,
         "levels": [r.to_dict() for r in results],
         "raw": raw.to_dict() if raw is not None else None,
+        "raw_placements": [r.to_dict() for r in raws],
     }
     if raw is not None:
         for entry, r in zip(report["levels"], results, strict=True):

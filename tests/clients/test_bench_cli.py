@@ -30,7 +30,8 @@ def test_closed_loop_sweep_with_raw_writes_table_json_and_plot(served, tmp_path,
         "bench", "--server", server.grpc, "--protocol", "grpc,http", "--http-server", server.http,
         "--model", "tiny", "--concurrency", "1,3", "--warmup-s", "0.3", "--measure-s", "1",
         "--images", *images, "--raw", "--model-repository", str(root), "--raw-batch-sizes", "1,4",
-        "--raw-s", "0.3", "--threads", "1", "--json", str(tmp_path / "bench.json"),
+        "--raw-s", "0.3", "--instances", "1", "--threads", "1", "--raw-placements", "2x1",
+        "--json", str(tmp_path / "bench.json"),
         "--plot", str(tmp_path / "bench.png"),
     ])  # fmt: skip
     out, err = capsys.readouterr()
@@ -38,7 +39,8 @@ def test_closed_loop_sweep_with_raw_writes_table_json_and_plot(served, tmp_path,
     assert "model tiny v1 (onnxruntime)" in out
     for row in ("grpc      c=1", "grpc      c=3", "http      c=1", "http      c=3"):
         assert row in out
-    assert "raw: onnxruntime v1, 1 threads, in-process" in out and "L = 1 / (" in out
+    assert "raw: onnxruntime v1, 1 instance(s) x 1 threads, in-process" in out and "L = 1 / (" in out
+    assert "raw: onnxruntime v1, 2 instance(s) x 1 threads, 2 worker processes at once" in out
 
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["model"] == "tiny" and report["version"] == "1" and report["platform"] == "onnxruntime"
@@ -60,14 +62,21 @@ def test_closed_loop_sweep_with_raw_writes_table_json_and_plot(served, tmp_path,
         assert 0 < split["instance_busy"] <= 1.05
         expected = level["throughput_img_s"] / report["raw"]["limit_img_s"]
         assert level["served_over_L"] == pytest.approx(expected, rel=1e-3)
-    raw = report["raw"]
-    assert [b["batch_size"] for b in raw["batches"]] == [1, 4]
-    assert raw["threads"] == 1 and raw["where"] == "in-process" and raw["runtime"] == "onnxruntime"
-    assert raw["limit_img_s"] == pytest.approx(
-        1000.0 / (raw["model_ms_per_image"] + raw["preprocess_ms_per_image"]), rel=1e-3
-    )
-    best = min(raw["batches"], key=lambda b: b["ms_per_batch"] / b["batch_size"])
-    assert raw["best_batch_size"] == best["batch_size"]
+    placements = report["raw_placements"]
+    assert [(r["instances"], r["threads"], r["where"]) for r in placements] == [
+        (1, 1, "in-process"), (2, 1, "2 worker processes at once")]
+    for raw in placements:
+        assert [b["batch_size"] for b in raw["batches"]] == [1, 4] and raw["runtime"] == "onnxruntime"
+        for b in raw["batches"]:  # every instance finishes a batch per ms_per_batch
+            expected = 1000.0 * raw["instances"] * b["batch_size"] / b["ms_per_batch"]
+            assert b["img_s"] == pytest.approx(expected, rel=1e-3)
+        best = max(raw["batches"], key=lambda b: b["img_s"])
+        assert raw["best_batch_size"] == best["batch_size"]
+        assert raw["model_ms_per_image"] == pytest.approx(1000.0 / best["img_s"], rel=1e-3)
+        assert raw["limit_img_s"] == pytest.approx(
+            1000.0 / (raw["model_ms_per_image"] + raw["preprocess_ms_per_image"]), rel=1e-3
+        )
+    assert report["raw"] == max(placements, key=lambda r: r["limit_img_s"])  # L: the fastest placement
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -124,6 +133,9 @@ def test_level_parsing():
         (["--protocol", "smtp"], "--protocol: unknown smtp"),
         (["--concurrency", "0"], "--concurrency values must be positive integers"),
         (["--raw"], "--raw needs --model-repository"),
+        (["--raw", "--model-repository", ".", "--raw-placements", "2x"],
+         "--raw-placements must be INSTANCESxTHREADS"),
+        (["--raw", "--model-repository", ".", "--instances", "0"], "--instances must be at least 1, got 0"),
         (["--measure-s", "0"], "--measure-s must be in (0, 3600]"),
         (["--server", "127.0.0.1:9", "--protocol", "grpc,http"], "needs the server's http address"),
         (["--images", "/no/such/dir"], "--images: nothing found at /no/such/dir"),
