@@ -145,30 +145,6 @@ def _load_version(repository: Path, model: str, version: str | None) -> tuple[Pa
     return vdir, repo.check_version(vdir)
 
 
-def measure(
-    repository: Path,
-    model: str,
-    payload: Sequence[bytes],
-    *,
-    version: str | None = None,
-    runtime: str = "auto",
-    threads: int | None = None,
-    instances: int = 1,
-    batch_sizes: Sequence[int] = (1, 2, 4, 8),
-    seconds: float = 2.0,
-    device: str = "cpu",
-    runtime_python: str | None = None,
-    max_pixels: int = 40_000_000,
-    precision: str = "fp32",
-) -> RawResult:
-    """Measure one placement (``instances`` × ``threads``) and the preprocessing per image."""
-    return measure_placements(
-        repository, model, payload, [(instances, threads)], version=version, runtime=runtime,
-        batch_sizes=batch_sizes, seconds=seconds, device=device, runtime_python=runtime_python,
-        max_pixels=max_pixels, precision=precision,
-    )[0]
-
-
 def measure_placements(
     repository: Path,
     model: str,
