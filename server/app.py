@@ -12,7 +12,8 @@ Lifecycle (:func:`serve`):
 3. on SIGTERM or SIGINT: stop accepting (readiness 503 / NOT_SERVING, new requests UNAVAILABLE) while
    the listeners stay open, finish everything queued and in flight (bounded by
    ``shutdown_timeout_s``), stop the workers, let the front ends send the last responses, exit 0.
-   A second signal cuts the drain short (exit 1).
+   A second signal cuts the drain short (exit 1), unless it comes within ``SAME_STOP_WINDOW_S`` of
+   the first (the same request delivered twice: to the process group and forwarded).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
@@ -40,6 +42,10 @@ from server.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 HEALTH_SYNC_S = 0.5
+# Signals this close to the first are one stop request: Ctrl-C or systemd's SIGTERM reach every
+# process of the group, so a server under `ddrnet quickstart` (which forwards SIGTERM) or a wrapper
+# script gets the same request twice within milliseconds, and must still drain.
+SAME_STOP_WINDOW_S = 1.0
 FRONT_END_GRACE_S = 5.0  # after the drain: time for the front ends to send the last responses
 SECRET_FIELDS = ("auth_token",)
 
@@ -114,13 +120,19 @@ async def serve(
     stop = asyncio.Event()
     force = asyncio.Event()
 
+    first_signal_at: list[float] = []
+
     def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("second %s: stopping without waiting for the drain", signal.Signals(signum).name)
-            force.set()
-        else:
-            log.warning("%s received: draining", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if not stop.is_set():
+            log.warning("%s received: draining", name)
+            first_signal_at.append(time.monotonic())
             stop.set()
+        elif time.monotonic() - first_signal_at[0] < SAME_STOP_WINDOW_S:
+            log.info("%s again within %.0f s of the first signal: one stop request", name, SAME_STOP_WINDOW_S)
+        else:
+            log.warning("second %s: stopping without waiting for the drain", name)
+            force.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
