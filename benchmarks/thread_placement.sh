@@ -5,14 +5,19 @@
 #
 #   benchmarks/thread_placement.sh REPOSITORY MODEL [OUT_DIR]
 #
+# LEVELS (default 8): the bench's --concurrency levels; IMAGES: payload files/folder (default: the
+# bench's sample photos); ONLY: a space-separated subset of the run tags below.
 # REPOSITORY/MODEL: an exported version with model.mindir, model.onnx and model.ms (Lite runs
 # under .venv-lite37 when it exists). Ports 18612/18613 on 127.0.0.1.
 set -u
 REPO=${1:?repository}; MODEL=${2:?model name}; OUT=${3:-thread-placement}
+LEVELS=${LEVELS:-8}; ONLY=${ONLY:-}
+images=(); [ -n "${IMAGES:-}" ] && images=(--images "$IMAGES")
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT"
 run() { # tag runtime instances threads [extra serve args]
   local tag=$1 rt=$2 inst=$3 thr=$4; shift 4
+  [ -n "$ONLY" ] && [[ " $ONLY " != *" $tag "* ]] && return
   ddrnet serve --model-repository "$REPO" --models "$MODEL" --http-port 18612 --grpc-port 18613 \
      --poll-interval-s 0 --runtime "$rt" --instances "$inst" --threads-per-instance "$thr" \
      --preprocess-workers 2 "$@" > "$OUT/$tag.serve.log" 2>&1 &
@@ -20,7 +25,7 @@ run() { # tag runtime instances threads [extra serve args]
   for _ in $(seq 1 240); do curl -sf http://127.0.0.1:18612/v2/health/ready >/dev/null && break; sleep 1; done
   echo "== $tag ($inst instances x $thr threads, $rt) before: $(uptime)"
   ddrnet bench --server 127.0.0.1:18613 --protocol grpc --http-server 127.0.0.1:18612 --model "$MODEL" \
-     --concurrency 8 --warmup-s 3 --measure-s 12 --json "$OUT/$tag.json" 2>/dev/null
+     --concurrency "$LEVELS" --warmup-s 3 --measure-s 12 "${images[@]}" --json "$OUT/$tag.json" 2>/dev/null
   echo "   after: $(uptime)"
   kill $spid; wait $spid
 }

@@ -13,10 +13,10 @@ image costs when nothing overlaps; served img/s ÷ L is the serving efficiency.
 
 A *placement* is ``instances × threads``: one runtime with T threads in this process, or N worker
 processes (the server's own ``server.worker_client``, each with T threads) fed the same batch size
-at the same time, their model time per image being wall time / images of all N together. That is
-how the server uses the machine (by default one single-threaded instance per core), so measuring
-only one process with every core as intra-op threads would understate the machine on a CPU where
-several independent instances run faster (BENCHMARKS.md, "thread placement").
+at the same time, their model time per image being wall time / images of all N together. The
+server runs either (``--instances`` × ``--threads-per-instance``), and which one is faster depends
+on the runtime and on how busy the machine is (BENCHMARKS.md, "thread placement"), so measuring
+only one of them could understate the machine.
 :func:`measure_placements` measures several placements on the same payload and the caller takes the
 best as the machine's limit. A runtime whose library cannot be imported in this Python (MindSpore
 Lite from PyPI needs Python 3.7) is measured in worker processes under ``runtime_python``, which adds

@@ -9,14 +9,14 @@ real image files (``--images``; default: the sample photos shipped with scikit-l
 scikit-image), ``--batch-size`` images per request. Per level: throughput (img/s), p50/p90/p95/p99
 latency, errors by kind, the bench's own CPU per request, and the server-side split (queue,
 preprocess, inference, mean batch size, instance busy) read from ``/metrics`` (the HTTP address, or
-``--metrics-url``). ``--raw`` then measures, in this process, the same model version with the
-server's runtime and thread count at ``--raw-batch-sizes``, and the preprocessing cost per image of
-the same payload: ``L = 1 / (model ms/img at the best batch + preprocess ms/img)``, and every level's
-served ÷ L. The raw model time is measured for the server's placement (``--instances`` ×
-``--threads``; default: the server's own default for this machine, one single-threaded instance per
-core on a CPU) and for every ``--raw-placements`` entry (default: also one instance with every core
-as threads), N instances running at once in worker processes; L takes the fastest placement, so it
-is the machine's limit and not one configuration's. Output: a table; ``--json FILE``; ``--plot FILE``
+``--metrics-url``). ``--raw`` then measures the same model version with the server's runtime at
+``--raw-batch-sizes``, and the preprocessing cost per image of the same payload:
+``L = 1 / (model ms/img at the best batch + preprocess ms/img)``, and every level's served ÷ L.
+The raw model time is measured for the server's placement (``--instances`` × ``--threads``;
+default: what ``ddrnet serve`` derives on this machine) and for every ``--raw-placements`` entry
+(default: 1 × CORES and CORES × 1), one instance in this process, N instances at once in worker
+processes; L takes the fastest placement, so it is the machine's limit and not one configuration's.
+Output: a table; ``--json FILE``; ``--plot FILE``
 (throughput vs p99 latency, PNG).
 The bench talks only to the addresses it is given and every phase is bounded in time.
 """
@@ -79,11 +79,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="threads per instance the server runs (default: the server's default, "
                           "cores / instances)")
     raw.add_argument("--instances", type=int, default=None, metavar="N",
-                     help="instances the server runs (default: the server's default on this machine: one "
-                          "per core, at most 8)")
+                     help="instances the server runs (default: what `ddrnet serve` derives on this "
+                          "machine)")
     raw.add_argument("--raw-placements", default=None, metavar="NxT[,NxT...]",
                      help="more instances x threads placements to measure; L uses the fastest "
-                          "(default: 1xCORES besides the server's placement)")
+                          "(default: 1xCORES and CORESx1 besides the server's placement)")
     raw.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                      help="the server's --precision, for --raw (default: fp32)")
     raw.add_argument("--raw-batch-sizes", default="1,2,4,8", metavar="B[,B...]", help="default: 1,2,4,8")
@@ -254,9 +254,11 @@ def raw_placements(args: argparse.Namespace) -> list[tuple[int, int]]:
             raise CliError(f"{option} must be at least 1, got {value}")
     server = derive_defaults(ServerSettings.model_construct(
         device="cpu", instances=args.instances, threads_per_instance=args.threads, preprocess_workers=None,
+        runtime_python=args.runtime_python,
     ))
     placements = [(int(server.instances), int(server.threads_per_instance))]
-    extra = _placement_list(args.raw_placements) if args.raw_placements else [(1, available_cores())]
+    cores = available_cores()
+    extra = _placement_list(args.raw_placements) if args.raw_placements else [(1, cores), (cores, 1)]
     placements += [p for p in extra if p not in placements]
     return placements
 

@@ -153,34 +153,41 @@ class ServerSettings(BaseSettings):
 # Default instances are capped: each one is a worker process holding its own copy of the model
 # (ONNX Runtime ~0.4 GiB, Lite ~1.1 GiB for DDRNet-23, BENCHMARKS.md "Runtimes").
 MAX_DEFAULT_INSTANCES = 8
+# Intra-op threads of one instance by default; a CPU with more cores gets more instances instead.
+MAX_DEFAULT_THREADS = 8
 
 
 def derive_defaults(settings: ServerSettings) -> ServerSettings:
-    """Fill machine-dependent defaults: on a CPU, one single-threaded instance per available core
-    (at most ``MAX_DEFAULT_INSTANCES``; the cores left over go to each instance's threads), and as
-    many preprocessing threads as cores. Accelerators (``device`` gpu/ascend) get one instance with
-    every core. Any of the three given explicitly is kept, and the others are derived from it
-    (``--threads-per-instance 2`` alone on 2 cores gives 1 instance × 2 threads).
+    """Fill machine-dependent defaults. On a CPU: one instance with every available core as its
+    threads (at most ``MAX_DEFAULT_THREADS`` a piece; beyond that, more instances, at most
+    ``MAX_DEFAULT_INSTANCES``), and as many preprocessing threads as cores. A worker under
+    ``runtime_python`` (PyPI's MindSpore Lite 2.0, which must run one thread: more give wrong logits
+    after a resize, ``server.runtimes.lite_rt``) gets one single-threaded instance per core instead.
+    Accelerators (``device`` gpu/ascend) get one instance with every core. Any of the three given
+    explicitly is kept and the others are derived from it (``--instances 2`` alone on 2 cores gives
+    2 instances × 1 thread).
 
-    Why several single-threaded instances win on a CPU (measured here, BENCHMARKS.md "Performance
-    targets", DDRNet-23-slim at 224, `ddrnet bench` gRPC at concurrency 8, 2 cores shared with
-    other jobs, load average 11-16): ONNX Runtime 2 instances × 1 thread served 24.5 img/s (p99
-    592 ms) vs 10.4 img/s (p99 950 ms) for 1 × 2 threads; MindSpore 17.3 vs 11.3 img/s (p99 823 vs
-    1264 ms); Lite 2 × 1 thread 33.9 vs 1 × 1 thread 21.9 img/s. Intra-op threads of one batch meet
-    at every operator, so one slow or descheduled thread stalls its sibling, while separate
-    instances run independent batches and each overlaps its inference with the other's
-    (preprocessing runs in the server's own thread pool meanwhile). MindSpore Lite 2.0.x must run one
-    thread per instance anyway (more give wrong logits after a resize; ``server.runtimes.lite_rt``),
-    so for Lite extra instances are the only way to use more cores.
+    Why one multi-threaded instance (measured here on an idle 2-core machine, BENCHMARKS.md
+    "Performance targets", `ddrnet bench` gRPC on the sample photos as JPEGs): DDRNet-23-slim at
+    224 on ONNX Runtime, 1 × 2 threads against 2 × 1: concurrency 1 p50 17.4 vs 28.6 ms (a lone
+    request gets both cores), concurrency 8 76.2 vs 73.7 img/s with p99/p50 1.30 vs 2.07 (every
+    batch takes all waiting requests, so every request waits about one batch; two instances
+    alternate small uneven batches); DDRNet-23 24.0 vs 23.9 img/s, p99/p50 1.10 vs 2.56; MindSpore
+    slim 45.0 vs 39.9 img/s. On a machine shared with other CPU-heavy jobs (load average 11-16) the
+    ranking flips: 2 × 1 served 24.5 img/s against 10.4 for 1 × 2, because one descheduled intra-op
+    thread stalls its sibling at every operator; set ``--instances`` to the cores there.
     """
     cores = available_cores()
+    single_threaded = settings.device == "cpu" and settings.runtime_python is not None
     if settings.instances is None:
         if settings.device != "cpu":
             settings.instances = 1
         elif settings.threads_per_instance is not None:
             settings.instances = max(1, cores // settings.threads_per_instance)
-        else:
+        elif single_threaded:
             settings.instances = min(cores, MAX_DEFAULT_INSTANCES)
+        else:
+            settings.instances = min(math.ceil(cores / MAX_DEFAULT_THREADS), MAX_DEFAULT_INSTANCES)
     if settings.threads_per_instance is None:
         settings.threads_per_instance = max(1, cores // settings.instances)
     if settings.preprocess_workers is None:

@@ -23,7 +23,7 @@ README = REPO / "README.md"
 
 # Defaults that ``server.settings.derive_defaults`` fills from the machine (the field default is None).
 DERIVED_DEFAULTS = {
-    "instances": "cores (at most 8; 1 on gpu/ascend)",
+    "instances": "1 per 8 cores (cores, at most 8, under `--runtime-python`; 1 on gpu/ascend)",
     "threads_per_instance": "cores ÷ instances",
     "preprocess_workers": "cores",
 }
