@@ -88,7 +88,7 @@ def build_demo_model(workdir: Path, overrides: list[str] | None = None) -> int:
     checkpoint = run_dir / "checkpoints" / "best.ckpt"
     if not _training_finished(run_dir):
         _step(
-            "training DDRNet-23-slim on digits (about 5-10 minutes on 2 cores)",
+            "training DDRNet-23-slim on digits (about 2 minutes on 2 idle cores, longer on busy ones)",
             _ddrnet("train", "--config", str(DEMO_CONFIG), "--set", f"data_url={data_dir}",
                     "--set", f"output_dir={run_dir}", *(a for kv in overrides or () for a in ("--set", kv)),
                     *(["--resume"] if checkpoint.is_file() else [])),
