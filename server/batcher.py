@@ -7,7 +7,11 @@ reservation.infer(arrays)``. :meth:`Batcher.infer` does both steps for callers w
 
 How a batch forms. Images wait in FIFO order. Whenever an instance is free and images wait, a batch of
 up to ``max_batch_size`` images goes to the first free instance — at once when ``max_queue_delay_ms``
-is 0, otherwise when the batch is full or the oldest image has waited ``max_queue_delay_ms``. With
+is 0, otherwise when the batch is full or the oldest image has waited ``max_queue_delay_ms``. While
+images that would join the batch are still being decoded (reserved, not yet queued), a free instance
+waits for them up to ``preprocess_wait_ms`` after the oldest queued image, so a closed loop of
+clients gets whole batches instead of one image now and the rest a batch later; a lone request never
+waits (nothing else is being decoded). With
 static batch sizes (the instance's ``fixed_batch_sizes``, else ``preferred_batch_sizes``) the batch is
 zero-padded up to the next allowed size and the padding rows' outputs are dropped. Every image's output
 goes back to the future of the request that sent it; an instance that fails (or returns the wrong number
@@ -58,6 +62,7 @@ class BatcherConfig:
 
     max_batch_size: int = 8
     max_queue_delay_ms: float = 0.0
+    preprocess_wait_ms: float = 0.0  # wait for images being decoded that would join a free batch
     max_queue_size: int = 256  # images reserved or queued (not yet running) at once
     preferred_batch_sizes: tuple[int, ...] = ()  # static sizes; batches are padded up to one
     default_timeout_s: float | None = 30.0  # deadline of requests that bring none
@@ -68,6 +73,8 @@ class BatcherConfig:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.max_queue_delay_ms < 0:
             raise ValueError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
+        if self.preprocess_wait_ms < 0:
+            raise ValueError(f"preprocess_wait_ms must be >= 0, got {self.preprocess_wait_ms}")
         if self.max_queue_size < 1:
             raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
         if any(size < 1 for size in self.preferred_batch_sizes):
@@ -115,6 +122,7 @@ class _Generation:
     queue: OrderedDict = field(default_factory=OrderedDict)  # key -> _Item, FIFO; O(1) removal
     running: set = field(default_factory=set)  # batch tasks
     pins: int = 0  # open reservations
+    preparing: int = 0  # images reserved for this generation and not queued yet (being decoded)
     retired: bool = False  # replaced: finishes its work, then ends
     aborted: bool = False  # drain timed out: accepts no more items
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -160,6 +168,7 @@ class Reservation:
             return
         self._released = True
         self._batcher._give_back(self._unused)
+        self._generation.preparing -= self._unused
         self._unused = 0
         self._generation.pins -= 1
         self._generation.wake.set()
@@ -195,6 +204,7 @@ class Reservation:
 
     def _take(self, count: int) -> None:
         self._unused -= count
+        self._generation.preparing -= count
 
 
 class Batcher:
@@ -283,6 +293,7 @@ class Batcher:
             deadline = math.inf if timeout is None else time.monotonic() + timeout
         self._held += count
         self._current.pins += 1
+        self._current.preparing += count
         return Reservation(self, self._current, count, deadline)
 
     async def infer(self, items: Sequence[np.ndarray], *, deadline: float | None = None) -> InferenceResult:
@@ -432,14 +443,16 @@ class Batcher:
 
     async def _schedule(self, gen: _Generation) -> None:
         delay = self.config.max_queue_delay_ms / 1000.0
+        preprocess_wait = self.config.preprocess_wait_ms / 1000.0
         try:
             while not self._generation_done(gen):
                 gen.wake.clear()
                 if gen.queue and gen.idle:
                     wait = 0.0
-                    if delay > 0 and len(gen.queue) < gen.max_items and not (gen.retired or self._closing):
+                    limit = max(delay, preprocess_wait if gen.preparing > 0 else 0.0)
+                    if limit > 0 and len(gen.queue) < gen.max_items and not (gen.retired or self._closing):
                         oldest = next(iter(gen.queue.values()))
-                        wait = oldest.enqueued + delay - time.monotonic()
+                        wait = oldest.enqueued + limit - time.monotonic()
                     if wait <= 0:
                         self._dispatch(gen)
                         continue

@@ -433,6 +433,7 @@ class ModelManager:
         return BatcherConfig(
             max_batch_size=s.max_batch_size,
             max_queue_delay_ms=s.max_queue_delay_ms,
+            preprocess_wait_ms=s.preprocess_wait_ms,
             max_queue_size=s.max_queue_size,
             preferred_batch_sizes=tuple(s.preferred_batch_sizes),
             default_timeout_s=s.request_timeout_ms / 1000.0,

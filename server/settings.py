@@ -20,6 +20,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+# Default of preprocess_wait_ms: about two photos' decode + transform on one core (BENCHMARKS.md,
+# "Preprocessing": 4-10 ms, 25 ms for a large photo).
+PREPROCESS_WAIT_MS = 10.0
+
 RuntimeName = Literal["auto", "lite", "onnxruntime", "mindspore"]
 DeviceName = Literal["cpu", "gpu", "ascend"]
 
@@ -75,6 +79,11 @@ class ServerSettings(BaseSettings):
     )
     max_queue_delay_ms: float = Field(
         0.0, ge=0, le=10_000, description="wait up to this long for a fuller batch (0 = dispatch when free)"
+    )
+    preprocess_wait_ms: float = Field(
+        PREPROCESS_WAIT_MS, ge=0, le=10_000,
+        description="a free instance waits up to this long for images still being decoded that would join "
+        "its batch (0 = never; a lone request never waits)",
     )
     max_queue_size: int = Field(256, ge=1, le=1_000_000, description="queued images per model before 503")
     request_timeout_ms: float = Field(

@@ -272,6 +272,57 @@ def test_full_batch_does_not_wait_for_the_delay() -> None:
     run(main())
 
 
+def test_a_free_instance_waits_for_images_still_being_decoded() -> None:
+    """Closed-loop clients: image 0 is queued while image 1 is still being decoded (reserved, not
+    queued); the free instance waits for it and runs both in one batch."""
+
+    async def main():
+        model = FakeModel()
+        config = BatcherConfig(max_batch_size=8, preprocess_wait_ms=60_000)  # ends by arrival, not time
+        batcher = Batcher("m", [model], version="1", config=config)
+        decoding = batcher.reserve(1)  # image 1: its request arrived, its decode is under way
+        first = asyncio.create_task(batcher.infer([item(0)]))
+        await asyncio.sleep(0.05)
+        assert model.batches == []  # waiting for image 1, not running image 0 alone
+        second = asyncio.create_task(decoding.infer([item(1)]))
+        check(await asyncio.wait_for(first, 5), [0])
+        check(await asyncio.wait_for(second, 5), [1])
+        assert [sorted(b[:, 0].tolist()) for b in model.batches] == [[0.0, 1.0]]
+
+    run(main())
+
+
+def test_a_lone_request_or_a_failed_decode_never_waits() -> None:
+    async def main():
+        model = FakeModel()
+        config = BatcherConfig(max_batch_size=8, preprocess_wait_ms=60_000)
+        batcher = Batcher("m", [model], version="1", config=config)
+        check(await asyncio.wait_for(batcher.infer([item(0)]), 5), [0])  # nothing else decoding
+        decoding = batcher.reserve(2)
+        waiting = asyncio.create_task(batcher.infer([item(1)]))
+        await asyncio.sleep(0.05)
+        assert len(model.batches) == 1
+        decoding.release()  # its image did not decode: the wait ends at once
+        check(await asyncio.wait_for(waiting, 5), [1])
+        assert [len(b) for b in model.batches] == [1, 1]
+
+    run(main())
+
+
+def test_the_wait_for_decoding_images_is_bounded() -> None:
+    async def main():
+        model = FakeModel()
+        config = BatcherConfig(max_batch_size=8, preprocess_wait_ms=100)
+        batcher = Batcher("m", [model], version="1", config=config)
+        with batcher.reserve(1):  # never arrives while image 0 waits
+            started = time.monotonic()
+            check(await asyncio.wait_for(batcher.infer([item(0)]), 5), [0])
+            assert 0.09 <= time.monotonic() - started < 5
+        assert [len(b) for b in model.batches] == [1]
+
+    run(main())
+
+
 def test_static_batch_sizes_pad_and_strip() -> None:
     async def main():
         model = FakeModel(fixed_batch_sizes=[1, 4])
@@ -524,3 +575,5 @@ def test_config_names_the_bad_value() -> None:
         BatcherConfig(max_batch_size=0)
     with pytest.raises(ValueError, match="-5"):
         BatcherConfig(max_queue_delay_ms=-5)
+    with pytest.raises(ValueError, match="preprocess_wait_ms must be >= 0, got -1"):
+        BatcherConfig(preprocess_wait_ms=-1)
