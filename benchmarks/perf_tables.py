@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 GROUPS = [
@@ -42,16 +43,20 @@ def _served_placement(report: dict) -> str:
     return report["raw_placements"][0]["placement"].replace(" ", "")
 
 
+def _groups(reports: dict[str, dict]) -> Iterator[tuple[str, str, dict]]:
+    """(model, runtime, report) of every group that has a JSON file, in table order."""
+    for tag, model, runtime in GROUPS:
+        if tag in reports:
+            yield model, runtime, reports[tag]
+
+
 def main(folder: Path) -> int:
     paths = {tag: folder / f"perf_{tag}.json" for tag, *_ in GROUPS}
     reports = {tag: json.loads(p.read_text()) for tag, p in paths.items() if p.is_file()}
     print("| model | runtime | served as | L img/s (model ms/img, placement @batch + pre ms) | protocol "
           "| c=8 img/s | ÷L | c=16 img/s | ÷L | ≥ 0.95 L |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for tag, model, runtime in GROUPS:
-        if tag not in reports:
-            continue
-        r = reports[tag]
+    for model, runtime, r in _groups(reports):
         raw = r["raw"]
         placement = raw["placement"].replace(" ", "")
         limit = (f"{raw['limit_img_s']:.1f} ({raw['model_ms_per_image']:.2f}, {placement} "
@@ -67,10 +72,7 @@ def main(folder: Path) -> int:
     print("| model | runtime | bound ms (batch 1 + pre + 5) | protocol | c=1 p50 | c=1 verdict "
           "| c=8 p50 | c=8 p99 | p99/p50 | ≤ 1.5 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for tag, model, runtime in GROUPS:
-        if tag not in reports:
-            continue
-        r = reports[tag]
+    for model, runtime, r in _groups(reports):
         b1, pre = _batch1_ms(r), r["raw"]["preprocess_ms_per_image"]
         bound = b1 + pre + 5.0
         for i, protocol in enumerate(("grpc", "http")):
