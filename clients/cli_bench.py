@@ -14,7 +14,8 @@ preprocess, inference, mean batch size, instance busy) read from ``/metrics`` (t
 ``L = 1 / (model ms/img at the best batch + preprocess ms/img)``, and every level's served ÷ L.
 The raw model time is measured for the server's placement (``--instances`` × ``--threads``;
 default: what ``ddrnet serve`` derives on this machine) and for every ``--raw-placements`` entry
-(default: 1 × CORES and CORES × 1), one instance in this process, N instances at once in worker
+(default: 1 × CORES and CORES × 1; 1 × 1 under ``--runtime-python``, whose Lite 2.0 runs one
+thread), one instance in this process, N instances at once in worker
 processes; L takes the fastest placement, so it is the machine's limit and not one configuration's.
 Output: a table; ``--json FILE``; ``--plot FILE``
 (throughput vs p99 latency, PNG).
@@ -83,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "machine)")
     raw.add_argument("--raw-placements", default=None, metavar="NxT[,NxT...]",
                      help="more instances x threads placements to measure; L uses the fastest "
-                          "(default: 1xCORES and CORESx1 besides the server's placement)")
+                          "(default: 1xCORES and CORESx1 besides the server's placement; 1x1 with "
+                          "--runtime-python)")
     raw.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                      help="the server's --precision, for --raw (default: fp32)")
     raw.add_argument("--raw-batch-sizes", default="1,2,4,8", metavar="B[,B...]", help="default: 1,2,4,8")
@@ -258,7 +260,10 @@ def raw_placements(args: argparse.Namespace) -> list[tuple[int, int]]:
     ))
     placements = [(int(server.instances), int(server.threads_per_instance))]
     cores = available_cores()
-    extra = _placement_list(args.raw_placements) if args.raw_placements else [(1, cores), (cores, 1)]
+    # A worker under --runtime-python is PyPI's Lite 2.0, which runs one thread whatever it is asked:
+    # "1 x CORES" would be one thread under another name.
+    alternatives = [(1, 1)] if args.runtime_python else [(1, cores), (cores, 1)]
+    extra = _placement_list(args.raw_placements) if args.raw_placements else alternatives
     placements += [p for p in extra if p not in placements]
     return placements
 

@@ -145,3 +145,25 @@ def test_option_errors(args, message, capsys):
     assert main(["bench", *args]) == 2
     _, err = capsys.readouterr()
     assert message in err and "Traceback" not in err
+
+
+def test_raw_placements_follow_the_server_defaults(monkeypatch):
+    """The server's own placement first, then the alternatives; a --runtime-python worker (Lite 2.0,
+    one thread) is compared with one single-threaded instance, not with a thread count it ignores."""
+    import argparse
+    import sys
+
+    from clients import cli_bench
+    from server import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "available_cores", lambda: 2)
+    parser = argparse.ArgumentParser()
+    cli_bench.add_arguments(parser)
+
+    def placements(*argv: str) -> list[tuple[int, int]]:
+        return cli_bench.raw_placements(parser.parse_args(list(argv)))
+
+    assert placements() == [(1, 2), (2, 1)]
+    assert placements("--instances", "2") == [(2, 1), (1, 2)]
+    assert placements("--runtime-python", sys.executable) == [(2, 1), (1, 1)]
+    assert placements("--raw-placements", "2x1,1x2,4x1") == [(1, 2), (2, 1), (4, 1)]
