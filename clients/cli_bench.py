@@ -15,10 +15,9 @@ preprocess, inference, mean batch size, instance busy) read from ``/metrics`` (t
 The raw model time is measured for the server's placement (``--instances`` × ``--threads``;
 default: what ``ddrnet serve`` derives on this machine) and for every ``--raw-placements`` entry
 (default: 1 × CORES and CORES × 1; 1 × 1 under ``--runtime-python``, whose Lite 2.0 runs one
-thread), one instance in this process, N instances at once in worker
-processes; L takes the fastest placement, so it is the machine's limit and not one configuration's.
-Output: a table; ``--json FILE``; ``--plot FILE``
-(throughput vs p99 latency, PNG).
+thread), one instance in this process, N instances at once in worker processes; L takes the
+fastest placement, so it is the machine's limit and not one configuration's. Output: a table;
+``--json FILE``; ``--plot FILE`` (throughput vs p99 latency, PNG).
 The bench talks only to the addresses it is given and every phase is bounded in time.
 """
 
@@ -268,12 +267,13 @@ def raw_placements(args: argparse.Namespace) -> list[tuple[int, int]]:
     return placements
 
 
-def _raw(args: argparse.Namespace, info: dict[str, Any], payload: list[bytes]) -> list[Any]:
+def _raw(args: argparse.Namespace, info: dict[str, Any], payload: list[bytes],
+         placements: list[tuple[int, int]]) -> list[Any]:
     from clients import bench_raw
+    from server.errors import ServingError
 
     runtime = args.runtime or info.get("platform") or "auto"
     sizes = _int_list(args.raw_batch_sizes, "--raw-batch-sizes")
-    placements = raw_placements(args)
     shown = ", ".join(f"{n} x {t}" for n, t in placements)
     print(f"ddrnet bench: raw {runtime} {args.precision}, instances x threads {shown}, at batch sizes "
           f"{sizes}, {args.raw_s:g} s each, and preprocessing", file=sys.stderr, flush=True)
@@ -285,9 +285,8 @@ def _raw(args: argparse.Namespace, info: dict[str, Any], payload: list[bytes]) -
         )
     except (ValueError, OSError) as exc:
         raise CliError(f"--raw: {exc}") from None
-    except RuntimeError as exc:  # RuntimeUnavailableError, ModelFileError
-        raise CliError(f"--raw: runtime {runtime}: {exc}") from None
-    except Exception as exc:  # a worker that failed to start (ServingError) names its cause
+    # RuntimeUnavailableError, ModelFileError; a worker that failed to start (ServingError) names its cause
+    except (RuntimeError, ServingError) as exc:
         raise CliError(f"--raw: runtime {runtime}: {exc}") from None
 
 
@@ -408,10 +407,9 @@ def run(args: argparse.Namespace) -> int:
     addresses = _addresses(args, protocols)
     files, payload = _payload(args)
 
-    if args.raw:
-        raw_placements(args)  # a bad --raw-placements/--instances fails before the load test
+    placements = raw_placements(args) if args.raw else []  # a bad one fails before the load test
     results, info = asyncio.run(_served(args, protocols, addresses, payload, levels))
-    raws = _raw(args, info, payload) if args.raw else []
+    raws = _raw(args, info, payload, placements) if args.raw else []
     raw = best_raw(raws)
     print(format_report(results, raws, info))
 

@@ -120,15 +120,16 @@ async def serve(
     stop = asyncio.Event()
     force = asyncio.Event()
 
-    first_signal_at: list[float] = []
+    first_signal_at = 0.0
 
     def on_signal(signum: int) -> None:
+        nonlocal first_signal_at
         name = signal.Signals(signum).name
         if not stop.is_set():
             log.warning("%s received: draining", name)
-            first_signal_at.append(time.monotonic())
+            first_signal_at = time.monotonic()
             stop.set()
-        elif time.monotonic() - first_signal_at[0] < SAME_STOP_WINDOW_S:
+        elif time.monotonic() - first_signal_at < SAME_STOP_WINDOW_S:
             log.info("%s again within %.0f s of the first signal: one stop request", name, SAME_STOP_WINDOW_S)
         else:
             log.warning("second %s: stopping without waiting for the drain", name)
