@@ -1,7 +1,7 @@
 """Forward-pass throughput of each DDRNet classifier (model.create_model) in MindSpore GRAPH mode on
 the CPU, at 224x224 and batch 1 and 8 by default.
 
-    python benchmarks/bench_forward.py [--archs ddrnet23_slim,ddrnet23,ddrnet39] [--batch-sizes 1,8]
+    python -m benchmarks.bench_forward [--archs ddrnet23_slim,ddrnet23,ddrnet39] [--batch-sizes 1,8]
         [--image-size 224] [--variant zoo] [--seconds 10] [--json FILE]
 
 Per (architecture, batch size): the first call (graph compile + one batch) is timed separately, one
@@ -23,8 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def measure(arch: str, batch_sizes: list[int], size: int, variant: str, seconds: float) -> list[dict]:

@@ -1,11 +1,11 @@
 """Int8 quantisation formats of an exported ONNX model: speed and logit agreement with float32.
 
-    python benchmarks/bench_int8_formats.py --version-dir models224/ddrnet23_slim/1 [--seconds 4]
+    python -m benchmarks.bench_int8_formats --version-dir models224/ddrnet23_slim/1 [--seconds 4]
         [--rounds 2] [--threads 2]
 
-Quantises the version's ``model.onnx`` with ``training.onnx_quantize.quantize_onnx`` (ONNX Runtime's
+Quantises the version's ``model.onnx`` with ``training.export.int8.quantize_onnx`` (ONNX Runtime's
 pre-processing, opset 13, ``quantize_static`` per-channel, MinMax) as QDQ and as QOperator, calibrated
-on the sample photos (``training.export_verify.sample_batch``) and their mirror images, then prints
+on the sample photos (``training.export.verify.sample_batch``) and their mirror images, then prints
 for float32 and each int8 file: max |logit diff| and top-1 agreement with float32 on those photos,
 and img/s at batch 1 and 8 (mean over ``--seconds``, and the fastest single call) with ``--threads``
 intra-op threads, ``--rounds`` times round-robin. This is the measurement behind the default
@@ -15,7 +15,6 @@ intra-op threads, ``--rounds`` times round-robin. This is the measurement behind
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import tempfile
@@ -58,11 +57,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the quantiser's advice lines
-    from training.export_verify import sample_batch
-    from training.onnx_quantize import quantize_onnx
+    from model.manifest import load_manifest
+    from training.export.int8 import quantize_onnx
+    from training.export.verify import sample_batch
 
     src = args.version_dir / "model.onnx"
-    pre = json.loads((args.version_dir / "model.json").read_text())["preprocess"]
+    pre = load_manifest(args.version_dir).preprocess
     photos = sample_batch(pre)
     calibration = np.ascontiguousarray(np.concatenate([photos, photos[:, :, :, ::-1]]))
     with tempfile.TemporaryDirectory(prefix="int8-formats-") as tmp:

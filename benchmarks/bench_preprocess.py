@@ -2,7 +2,7 @@
 breakdown by step, the same work done the plain way (a mindspore.dataset.vision PIL pipeline), and
 throughput with several threads (Pillow releases the GIL while decoding and resampling).
 
-    python benchmarks/bench_preprocess.py [--repeat 50] [--threads 2] [--no-mindspore] [--json]
+    python -m benchmarks.bench_preprocess [--repeat 50] [--threads 2] [--no-mindspore] [--json]
 
 Prints a markdown table (milliseconds per image, median of --repeat runs) for BENCHMARKS.md.
 """
@@ -23,8 +23,6 @@ import numpy as np
 import PIL
 import skimage
 import sklearn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.preprocess import EvalTransform, _to_rgb_or_gray, decode_image
 

@@ -1,6 +1,6 @@
 """Throughput, load time and peak memory of each inference runtime on DDRNet-23 and DDRNet-23-slim.
 
-    python benchmarks/bench_runtimes.py [--archs ddrnet23,ddrnet23_slim] [--batch-sizes 1,4,8]
+    python -m benchmarks.bench_runtimes [--archs ddrnet23,ddrnet23_slim] [--batch-sizes 1,4,8]
         [--threads 1,2] [--runtimes lite,onnxruntime,mindspore] [--repository DIR] [--seconds 3]
 
 For each architecture it needs an exported version (``model.mindir``, ``model.onnx``, ``model.ms``):
@@ -8,7 +8,7 @@ the newest one in ``--repository`` (default ``.cache/bench-repo``), else it expo
 initialised 1000-class network there with ``training.export`` (weights do not change speed).
 Every (architecture, runtime, thread count) is measured in a fresh process, one after the other
 (MindSpore Lite under the Python 3.7 venv, ``.venv-lite37``), running the same adapters the server's
-workers run (``server.runtimes``): import + load time, the first batch, then img/s at 224x224 per
+workers run (``inference.runtimes``): import + load time, the first batch, then img/s at 224x224 per
 batch size (one warm-up batch, then batches for at least ``--seconds``), and the process's peak
 RSS. The table reports, per batch size, the best thread setting (the threads the runtime actually
 used: MindSpore Lite 2.0.x always runs one, see ``server/runtimes/lite_rt.py``). Prints Markdown;
@@ -38,14 +38,13 @@ LABELS = {"ddrnet23": "DDRNet-23", "ddrnet23_slim": "DDRNet-23-slim", "ddrnet39"
 
 
 def child(args: argparse.Namespace) -> None:
-    sys.path.insert(0, REPO)
     import numpy as np
 
-    from server.runtimes import create_runtime
+    from inference.runtimes import create_runtime
+    from model.manifest import load_manifest
 
-    with open(os.path.join(args.version_dir, "model.json")) as f:
-        manifest = json.load(f)
-    size = int(manifest["input"]["shape"][2])
+    manifest = load_manifest(args.version_dir)
+    size = manifest.image_size
     start = time.perf_counter()
     runtime = create_runtime(args.runtime)
     runtime.load(args.version_dir, manifest, "cpu", 0, {"threads": args.threads, "cache_dir": args.cache_dir})
@@ -121,7 +120,8 @@ def export_fresh(repository: str, arch: str, lite_python: str | None) -> str:
 
 
 def run_child(python: str, runtime: str, version_dir: str, threads: int, args: argparse.Namespace) -> dict:
-    cmd = [python, os.path.abspath(__file__), "--child", "--runtime", runtime, "--version-dir", version_dir,
+    cmd = [python, "-m", "benchmarks.bench_runtimes", "--child", "--runtime", runtime,
+           "--version-dir", version_dir,
            "--threads", str(threads), "--batch-sizes", args.batch_sizes, "--seconds", str(args.seconds),
            "--cache-dir", os.path.join(args.repository, ".lite-cache")]
     env = dict(os.environ, PYTHONPATH=REPO, GLOG_v="3")

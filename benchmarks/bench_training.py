@@ -1,7 +1,7 @@
 """Training throughput of a config on this machine: the input pipeline alone vs the full train step,
 and the model step alone on a fixed batch, so it is visible which one limits.
 
-    python benchmarks/bench_training.py [--config training/configs/digits_demo.yaml] [--set k=v ...]
+    python -m benchmarks.bench_training [--config training/configs/digits_demo.yaml] [--set k=v ...]
                                         [--steps 20] [--warmup 3] [--json]
 
 Needs the config's dataset (for the demo: ``ddrnet data digits data/digits``). Prints a markdown
@@ -18,8 +18,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from training.device import prepare_cpu_env
 

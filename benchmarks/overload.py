@@ -17,7 +17,7 @@ accepted, rejected (503 + Retry-After / UNAVAILABLE + grpc-retry-pushback-ms), a
 latency percentiles of accepted and of rejected requests, the server's own counters (rejections,
 requests preprocessed), peak RSS, and the before/after throughput.
 
-``python benchmarks/overload.py`` (defaults: 100 ms batches of up to 2, queue 4, burst 60 = 10x
+``python -m benchmarks.overload`` (defaults: 100 ms batches of up to 2, queue 4, burst 60 = 10x
 capacity); ``--json`` prints the figures as JSON. Runs from a checkout: it starts the server with
 ``tests/server/server_fixtures.ServerProcess``.
 """
@@ -34,14 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO_ROOT = HERE.parent
-for extra in (REPO_ROOT, REPO_ROOT / "tests" / "server", HERE):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
-
-import server_fixtures as sf  # noqa: E402
-import slow_runtime  # noqa: E402
+from tests.support import server_fixtures as sf
+from tests.support import slow_runtime
 
 COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}
 CLIENT_TIMEOUT_S = 120.0
@@ -58,7 +52,7 @@ class SlowServer(sf.ServerProcess):
         super().__init__(repository, log_path, *args, env=env)
 
     def command(self) -> list[str]:
-        return [sys.executable, str(HERE / "slow_runtime.py"), "serve", "--model-repository",
+        return [sys.executable, "-m", "tests.support.slow_runtime", "serve", "--model-repository",
                 str(self.repository), "--http-port", "0", "--grpc-port", "0", "--poll-interval-s", "0",
                 "--log-level", "warning", *self.args]
 

@@ -1,6 +1,6 @@
 """Issue 7's target tables (markdown) from the JSON files of ``benchmarks/perf_targets.sh``.
 
-    python benchmarks/perf_tables.py DIR        (DIR: the script's OUT_DIR, holding perf_*.json)
+    python -m benchmarks.perf_tables DIR        (DIR: the script's OUT_DIR, holding perf_*.json)
 
 Throughput: served img/s and ÷ L at concurrency 8 and 16 per protocol. Latency: concurrency 1 p50
 against the bound "batch-1 model time + preprocessing + 5 ms", the batch-1 time being the fastest
@@ -89,5 +89,5 @@ def main(folder: Path) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
-        sys.exit("usage: python benchmarks/perf_tables.py DIR  (perf_targets.sh's OUT_DIR)")
+        sys.exit("usage: python -m benchmarks.perf_tables DIR  (perf_targets.sh's OUT_DIR)")
     sys.exit(main(Path(sys.argv[1])))

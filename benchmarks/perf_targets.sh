@@ -21,9 +21,9 @@ python - "$OUT/photos" <<'EOF'
 import sys
 from pathlib import Path
 from PIL import Image
-from clients.cli_bench import default_images
+from model.samples import sample_photos
 out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
-for path in default_images():
+for path in sample_photos():
     Image.open(path).convert("RGB").save(out / (path.stem + ".jpg"), quality=90)
 print("payload:", ", ".join(sorted(p.name for p in out.iterdir())))
 EOF

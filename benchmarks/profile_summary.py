@@ -1,7 +1,7 @@
 """Where the time goes, from a py-spy ``--format raw`` profile of ``ddrnet serve`` and its workers.
 
     py-spy record --pid SERVER --subprocesses --idle --rate 50 --duration 10 --format raw -o prof.txt
-    python benchmarks/profile_summary.py prof.txt
+    python -m benchmarks.profile_summary prof.txt
 
 Each sample is one thread at one moment (``--idle`` keeps the waiting ones), so a process's share of
 samples in a category is the share of its threads' wall time spent there. Categories are matched on
@@ -62,5 +62,5 @@ def summarize(path: Path) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not Path(sys.argv[1]).is_file():
-        sys.exit("usage: python benchmarks/profile_summary.py PROFILE  (py-spy --format raw output)")
+        sys.exit("usage: python -m benchmarks.profile_summary PROFILE  (py-spy --format raw output)")
     print(summarize(Path(sys.argv[1])))

@@ -1,8 +1,9 @@
-"""`ddrnet` command line: builds the subcommand table and dispatches.
+"""`ddrnet` command line: builds the subcommand table and dispatches; the one ``main``.
 
-Each subcommand lives in the package that owns the work, in a light module exposing
-``add_arguments(parser)`` and ``run(args) -> int``. Heavy imports (MindSpore, onnxruntime,
-grpc) happen inside ``run`` so that ``ddrnet --help`` stays fast.
+Each subcommand is a thin shell ``cli/<subcommand>.py`` exposing ``add_arguments(parser)`` and
+``run(args) -> int``: it turns options into calls of the package that owns the work, and that
+package's errors into :class:`~cli.errors.CliError`, which this ``main`` prints as one line (exit 2).
+Heavy imports (MindSpore, onnxruntime, grpc) happen inside ``run`` so that ``ddrnet --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from cli.errors import CliError
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("training.cli_train", "train a DDRNet classifier from a YAML config (msrun-aware)"),
-    "eval": ("training.cli_eval", "top-1/top-5/loss of a checkpoint on a val folder, or through a server"),
-    "export": ("training.cli_export", "export a checkpoint into a versioned model repository"),
-    "convert": ("model.cli_convert", "convert the authors' PyTorch .pth weights into a MindSpore checkpoint"),
-    "data": ("training.cli_data", "write demo data sets as ImageNet-style folders"),
-    "serve": ("server.cli", "serve a model repository over HTTP and gRPC"),
-    "classify": ("clients.cli_classify", "classify image files through a running server"),
-    "bench": ("clients.cli_bench", "load-test a running server and compare with the raw runtime"),
+    "train": ("cli.train", "train a DDRNet classifier from a YAML config (msrun-aware)"),
+    "eval": ("cli.eval", "top-1/top-5/loss of a checkpoint on a val folder, or through a server"),
+    "export": ("cli.export", "export a training run or a checkpoint into a versioned model repository"),
+    "convert": ("cli.convert", "convert the authors' PyTorch .pth weights into a MindSpore checkpoint"),
+    "data": ("cli.data", "write demo data sets as ImageNet-style folders"),
+    "serve": ("cli.serve", "serve a model repository over HTTP and gRPC"),
+    "classify": ("cli.classify", "classify image files through a running server"),
+    "bench": ("cli.bench", "load-test a running server and compare with the raw runtime"),
     "quickstart": ("cli.quickstart", "build the digits demo model when missing, then serve it"),
 }
 

@@ -11,7 +11,6 @@ quickstart exercises exactly what the README documents.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import subprocess
 import sys
@@ -95,8 +94,7 @@ def build_demo_model(workdir: Path, overrides: list[str] | None = None) -> int:
         )
     _step(
         "exporting a verified model version",
-        _ddrnet("export", "--config", str(run_dir / "config.yaml"), "--checkpoint", str(checkpoint),
-                "--repository", str(repository), "--name", MODEL_NAME),
+        _ddrnet("export", "--run-dir", str(run_dir), "--repository", str(repository), "--name", MODEL_NAME),
     )
     version = newest_version(repository)
     if version is None:
@@ -106,11 +104,14 @@ def build_demo_model(workdir: Path, overrides: list[str] | None = None) -> int:
 
 def _training_finished(run_dir: Path) -> bool:
     """True when the run directory records a completed training run with a best checkpoint."""
+    from training.run_info import RunInfoError, read_run_info
+
     try:
-        run = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
+        info = read_run_info(run_dir)
+    except RunInfoError:
         return False
-    return run.get("status") == "finished" and (run_dir / "checkpoints" / "best.ckpt").is_file()
+    best = run_dir / info.checkpoint_best if info.checkpoint_best else None
+    return info.stats.get("status") == "finished" and best is not None and best.is_file()
 
 
 def sample_image(workdir: Path) -> Path | None:

@@ -1,8 +1,9 @@
 """DDRNet ImageNet classifiers (MindSpore) and the one eval preprocessing.
 
 Importing ``model`` is cheap and pulls in no MindSpore: the network names below are resolved lazily,
-so the server process can use ``model.preprocess`` and ``model.repository`` without loading
-MindSpore (``model.repository`` also stays importable by the Python 3.7 Lite worker).
+so the server process can use ``model.preprocess``, ``model.manifest`` and ``model.repository`` without
+loading MindSpore (``model.manifest`` and ``model.repository`` also stay importable by the Python 3.7
+Lite worker).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ _LAZY = {
     "list_models": "model.registry",
     "load_zoo_checkpoint": "model.weights",
     "load_checkpoint": "model.weights",
-    "default_eval_config": "model.registry",  # MindSpore-free
     "WeightLoadError": "model.weights",
 }
 

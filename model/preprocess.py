@@ -49,13 +49,23 @@ from __future__ import annotations
 
 import functools
 import io
-import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from model.preprocess_config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INTERPOLATION_NAMES,
+    RESIZE_MODES,
+    PreprocessConfig,
+    resolve_preprocess,
+)
+
+if TYPE_CHECKING:
+    from model.manifest import ModelManifest
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -71,11 +81,9 @@ __all__ = [
     "ImageTooLargeError",
     "PreprocessConfig",
     "decode_image",
+    "resolve_preprocess",
     "to_rgb",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: Pillow resampling filters by name (``Image.BICUBIC`` etc. exist in every Pillow since 2.x).
 INTERPOLATIONS = {
@@ -86,7 +94,7 @@ INTERPOLATIONS = {
     "hamming": Image.HAMMING,
     "lanczos": Image.LANCZOS,
 }
-RESIZE_MODES = ("squash", "shorter_side")
+assert set(INTERPOLATIONS) == set(INTERPOLATION_NAMES)
 
 #: Formats :func:`decode_image` accepts (Pillow format names, most common first: Pillow tries them
 #: in this order). Deliberately excludes formats whose plugins run external programs (EPS →
@@ -125,76 +133,6 @@ class ImageDecodeError(ImageError):
 
 class ImageTooLargeError(ImageError):
     """The image is over the pixel limit (HTTP 413). Raised before its pixels are decoded."""
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """How a model's input is made from an image; recorded in ``model.json`` (``to_dict``).
-
-    Defaults are the MindSpore model zoo's DDRNet eval: 224, crop_pct 0.875 → squash to 256×256,
-    bicubic, ImageNet mean/std. ``ValueError`` names the offending field.
-    """
-
-    image_size: int = 224
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
-    resize_mode: str = "squash"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    apply_exif_orientation: bool = False
-
-    def __post_init__(self) -> None:
-        size = self.image_size
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= 4096:
-            raise ValueError(f"preprocess.image_size must be an integer in [1, 4096], got {size!r}")
-        object.__setattr__(self, "image_size", int(size))
-        crop = self.crop_pct
-        if isinstance(crop, bool) or not isinstance(crop, (int, float)) or not 0 < crop <= 1:
-            raise ValueError(f"preprocess.crop_pct must be a number in (0, 1], got {crop!r}")
-        object.__setattr__(self, "crop_pct", float(crop))
-        if self.interpolation not in INTERPOLATIONS:
-            names = sorted(INTERPOLATIONS)
-            raise ValueError(f"preprocess.interpolation must be one of {names}, got {self.interpolation!r}")
-        if self.resize_mode not in RESIZE_MODES:
-            modes = RESIZE_MODES
-            raise ValueError(f"preprocess.resize_mode must be one of {modes}, got {self.resize_mode!r}")
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            try:
-                triple = tuple(float(v) for v in value if not isinstance(v, (bool, str)))
-            except TypeError:
-                triple = ()
-            if len(triple) != 3 or len(triple) != len(value) or not all(math.isfinite(v) for v in triple):
-                raise ValueError(f"preprocess.{name} must be 3 finite numbers, got {value!r}")
-            object.__setattr__(self, name, triple)
-        if any(v <= 0 for v in self.std):
-            raise ValueError(f"preprocess.std must be positive, got {self.std!r}")
-        if not isinstance(self.apply_exif_orientation, bool):
-            value = self.apply_exif_orientation
-            raise ValueError(f"preprocess.apply_exif_orientation must be true or false, got {value!r}")
-
-    @property
-    def resize_size(self) -> int:
-        """The square side (squash) or shorter side (shorter_side) before cropping: int(size / crop_pct)."""
-        return int(self.image_size / self.crop_pct)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (mean/std as lists) for ``model.json``; ``from_dict`` reads it back."""
-        out = asdict(self)
-        out["mean"] = list(self.mean)
-        out["std"] = list(self.std)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
-        """Build from a dict; an unknown key is an error naming it, a missing key takes its default."""
-        if not isinstance(data, dict):
-            raise ValueError(f"preprocess must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"preprocess has unknown keys {unknown} (known: {sorted(known)})")
-        return cls(**data)
 
 
 @functools.lru_cache(maxsize=16)
@@ -357,6 +295,18 @@ class EvalTransform:
 
     def __repr__(self) -> str:
         return f"EvalTransform({self.config!r}, max_pixels={self.max_pixels})"
+
+    @classmethod
+    def for_manifest(cls, manifest: ModelManifest, max_pixels: int = DEFAULT_MAX_PIXELS) -> EvalTransform:
+        """The transform a model version records in its ``model.json`` (through the one resolver:
+        nothing overrides it when serving); ValueError when it does not make the model's input."""
+        transform = cls(resolve_preprocess(manifest.arch, manifest.preprocess), max_pixels=max_pixels)
+        expected = tuple(manifest.item_shape)
+        if transform.output_shape != expected:
+            raise ValueError(
+                f"preprocess gives {list(transform.output_shape)} but the model input is {list(expected)}"
+            )
+        return transform
 
     def __call__(self, image: ImageInput) -> np.ndarray:
         out = np.empty(self.output_shape, dtype=np.float32)

@@ -2,7 +2,7 @@
 
 Entry functions are thin, decorated with :func:`register_model` in ``model.ddrnet``. That module is
 imported explicitly the first time the registry is queried (not as a side effect of importing
-``model``), so importing this module, and :func:`default_eval_config`, need no MindSpore.
+``model``), so importing this module needs no MindSpore.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from model.archs import DEFAULT_EVAL_CONFIGS, VARIANTS
+from model.archs import VARIANTS
 
 if TYPE_CHECKING:
     from model.ddrnet import DDRNet
@@ -77,13 +77,3 @@ def create_model(
 
         load_checkpoint(net, checkpoint_path)
     return net
-
-
-def default_eval_config(name: str) -> dict[str, Any]:
-    """The eval preprocessing an architecture's published weights expect, as a JSON-ready dict with
-    the keys of ``model.json``'s ``preprocess`` (image_size, crop_pct, interpolation, resize_mode,
-    mean, std). Imports no MindSpore."""
-    config = DEFAULT_EVAL_CONFIGS.get(name)
-    if config is None:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(DEFAULT_EVAL_CONFIGS))}")
-    return config.to_dict()

@@ -1,12 +1,16 @@
 """The protocol-free service core (MLServer's ``DataPlane``): the HTTP and gRPC front ends only
 convert their wire formats into calls here and the results back.
 
-Owns: health (live / ready / model ready), server and model metadata, ``classify`` (encoded images
-→ top-k predictions) and ``infer`` (Open Inference Protocol v2: one input, either ``images``, BYTES
-``[N]`` of encoded images, or the model's FP32 ``[N, 3, S, S]`` tensor, already preprocessed →
-logits), request deadlines, the shutdown switch, and the request metrics (``requests_total``,
-``request_duration_seconds``, ``inflight_requests``, ``preprocess_duration_seconds``,
-``rejected_total``). Everything it raises is a :class:`~server.errors.ServingError`.
+Owns: health (live / ready / model ready, each served model's status), server and model metadata,
+the bearer-token check (:meth:`DataPlane.authorize`), ``classify`` (encoded images → top-k
+predictions) and ``infer`` (Open Inference Protocol v2: one input, either ``images``, BYTES ``[N]``
+of encoded images, or the model's FP32 ``[N, 3, S, S]`` tensor, already preprocessed → logits; the
+request's ``parameters`` — ``timeout`` in microseconds — and its requested outputs, refusing the
+classification extension), request deadlines, the shutdown switch, and the request metrics
+(``requests_total``, ``request_duration_seconds``, ``inflight_requests``,
+``preprocess_duration_seconds``, ``rejected_total``). Everything it raises is a
+:class:`~server.errors.ServingError`, marked ``counted`` once the request is in the metrics, so a front
+end counts only what it refused before the core saw it (:meth:`DataPlane.observe_error`).
 
 The order inside a request keeps overload cheap: the model's queue is asked for room
 (:meth:`~server.batcher.Batcher.reserve`) *before* any image is decoded, so a full queue refuses a
@@ -17,10 +21,11 @@ them (the reservation's), queued, batched and answered with that version's name.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import Any, TypeVar
@@ -90,6 +95,23 @@ class InferInput:
     data: np.ndarray | list[bytes]
 
 
+@dataclass(frozen=True)
+class RequestedOutput:
+    """An output a client asked for by name, with its OIP ``parameters`` (as plain values)."""
+
+    name: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A served model: the version new requests go to, and whether it takes requests now."""
+
+    name: str
+    version: str
+    ready: bool
+
+
 @dataclass
 class InferOutput:
     name: str
@@ -142,6 +164,23 @@ class DataPlane:
     def live(self) -> bool:
         """The process answers (liveness)."""
         return True
+
+    def authorize(self, token: str | None) -> None:
+        """The bearer-token check of the inference calls: UNAUTHENTICATED unless ``token`` (what the
+        client sent, None when nothing) equals the server's ``auth_token``; nothing to check without one.
+        Compared in constant time."""
+        expected = self.settings.auth_token
+        if expected is None:
+            return
+        if not hmac.compare_digest((token or "").encode(), expected.encode()):
+            raise ServingError(ErrorKind.UNAUTHENTICATED, "missing or wrong bearer token (Bearer <token>)")
+
+    def models(self) -> list[ModelStatus]:
+        """Every served model's status (readiness is false for all while draining)."""
+        return [
+            ModelStatus(name, served.current.version, served.ready and not self.draining)
+            for name, served in list(self.manager.models.items())
+        ]
 
     def ready(self) -> bool:
         """Models loaded and warmed, every served model has a ready instance, not shutting down."""
@@ -236,15 +275,19 @@ class DataPlane:
         model: str,
         version: str | None,
         inputs: Sequence[InferInput],
-        outputs: Sequence[str] | None = None,
+        outputs: Sequence[RequestedOutput | str] | None = None,
+        parameters: Mapping[str, Any] | None = None,
         request_id: str = "",
         timeout_s: float | None = None,
         protocol: str,
     ) -> InferResponse:
-        """Logits for one OIP v2 request (see the module docstring for the accepted inputs)."""
+        """Logits for one OIP v2 request (see the module docstring for the accepted inputs). The
+        request's ``parameters.timeout`` (microseconds) shortens ``timeout_s`` (the transport's);
+        ``outputs`` are the requested outputs (a plain name means no parameters)."""
         return await self._accounted(
             model, protocol,
-            lambda call: self._infer(call, model, version, inputs, outputs, request_id, timeout_s),
+            lambda call: self._infer(call, model, version, inputs, outputs or (), parameters or {},
+                                     request_id, timeout_s),
         )
 
     async def _infer(
@@ -253,10 +296,15 @@ class DataPlane:
         model: str,
         version: str | None,
         inputs: Sequence[InferInput],
-        outputs: Sequence[str] | None,
+        outputs: Sequence[RequestedOutput | str],
+        parameters: Mapping[str, Any],
         request_id: str,
         timeout_s: float | None,
     ) -> InferResponse:
+        outputs = [RequestedOutput(o) if isinstance(o, str) else o for o in outputs]
+        oip_timeout = _oip_timeout(parameters)
+        if oip_timeout is not None:
+            timeout_s = oip_timeout if timeout_s is None else min(timeout_s, oip_timeout)
         served = self._admit(model, version)
         cur = served.current
         tensor_hint = f"'{cur.input_name}' (FP32 {[-1, *cur.item_shape]})"
@@ -264,9 +312,14 @@ class DataPlane:
         if len(inputs) != 1:
             raise _invalid(f"model {model!r} takes exactly one input, {accepted}; got {len(inputs)}")
         inp = inputs[0]
-        for name in outputs or ():
-            if name != cur.output_name:
-                raise _invalid(f"model {model!r} has no output {name!r} (outputs: '{cur.output_name}')")
+        for out in outputs:
+            if "classification" in out.parameters:
+                raise _invalid(
+                    f"output {out.name!r}: the classification extension is not supported; use "
+                    "/v1/models/{model}/classify or ddrnet.v1.Classify for top-k labels"
+                )
+            if out.name != cur.output_name:
+                raise _invalid(f"model {model!r} has no output {out.name!r} (outputs: '{cur.output_name}')")
         if inp.name == IMAGES_INPUT:
             images = _bytes_input(inp)
             count = len(images)
@@ -341,6 +394,7 @@ class DataPlane:
             return await work(call)
         except ServingError as err:
             code = code_label(protocol, err)
+            err.counted = True
             raise
         except asyncio.CancelledError:
             code = CANCELLED_CODES.get(protocol, "cancelled")
@@ -349,13 +403,18 @@ class DataPlane:
             log.exception("request to model %s failed unexpectedly", model)
             err = from_exception(exc)
             code = code_label(protocol, err)
+            err.counted = True
             raise err from None
         finally:
             gauge.dec()
             self.metrics.observe_request(label, call.version, protocol, code, time.monotonic() - started)
 
     def observe_error(self, model: str, protocol: str, err: ServingError, started: float) -> None:
-        """Count a request a front end refused before it reached the core (bad body, auth ...)."""
+        """Count a request a front end refused before it reached the core (bad body, auth ...); a no-op
+        for an error already counted."""
+        if err.counted:
+            return
+        err.counted = True
         label = model if self.manager.has(model) else UNKNOWN_MODEL
         elapsed = time.monotonic() - started
         self.metrics.observe_request(label, "", protocol, code_label(protocol, err), elapsed)
@@ -366,6 +425,16 @@ class DataPlane:
 
 def _invalid(message: str) -> ServingError:
     return ServingError(ErrorKind.INVALID_ARGUMENT, message)
+
+
+def _oip_timeout(parameters: Mapping[str, Any]) -> float | None:
+    """OIP's request parameter ``timeout`` (microseconds) in seconds, None when absent."""
+    value = parameters.get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise _invalid(f"parameters.timeout must be a positive number of microseconds, got {value!r}")
+    return float(value) / 1e6
 
 
 def _bytes_input(inp: InferInput) -> list[bytes]:

@@ -1,34 +1,32 @@
-"""One internal error list and its two translations (HTTP status, gRPC status code), side by side.
+"""The one internal error list's two translations (HTTP status, gRPC status code), side by side.
 
-Everything the server can answer besides success is a :class:`ServingError` with a :class:`ErrorKind`.
+Everything the server can answer besides success is a :class:`ServingError` with an :class:`ErrorKind`
+(both defined by the runtime layer, ``inference.errors``, whose worker processes raise them too).
 Front ends never pick status codes themselves: they call :func:`http_status` / :func:`grpc_status`
 (Triton's one-list-two-tables habit; MLServer's errors that carry their status). Other exceptions
 become a ServingError through :func:`from_exception` (unknown ones are INTERNAL, never a traceback).
-
-This module must stay importable by a Python 3.7 worker process with only the standard library: grpc
-is imported lazily, and nothing here imports model code.
+grpc is imported lazily (the HTTP-only paths and the tests of this table do not need it).
 """
 
 from __future__ import annotations
 
-import enum
 import math
-import sys
 
+from inference.errors import ErrorKind, ServingError
+from model.preprocess import ImageError, ImageTooLargeError
 
-class ErrorKind(enum.Enum):
-    """What went wrong, independent of the protocol. The value is the default metrics ``reason``."""
-
-    INVALID_ARGUMENT = "invalid_argument"  # bad field, undecodable image, bad tensor
-    PAYLOAD_TOO_LARGE = "payload_too_large"  # body over the size limit, image over the pixel limit
-    UNSUPPORTED_MEDIA = "unsupported_media"  # content type / image format the server does not take
-    UNPROCESSABLE = "unprocessable"  # well-formed but semantically wrong (e.g. schema validation)
-    NOT_FOUND = "not_found"  # unknown model or version
-    QUEUE_FULL = "queue_full"  # the model's queue is full: retry later (carries retry_after_s)
-    DEADLINE_EXCEEDED = "deadline_exceeded"  # the request's deadline passed before inference
-    UNAVAILABLE = "unavailable"  # not ready, shutting down, or the instance died mid-batch
-    INTERNAL = "internal"  # a runtime failure in a batch, or a bug
-    UNAUTHENTICATED = "unauthenticated"  # missing or wrong bearer token
+__all__ = [
+    "GRPC_STATUS_NAME",
+    "HTTP_STATUS",
+    "ErrorKind",
+    "ServingError",
+    "from_exception",
+    "grpc_code_number",
+    "grpc_status",
+    "http_body",
+    "http_headers",
+    "http_status",
+]
 
 
 #          kind                          HTTP  gRPC (grpc.StatusCode member name)
@@ -46,38 +44,6 @@ _TABLE = {
 }  # fmt: skip
 HTTP_STATUS: dict[ErrorKind, int] = {kind: pair[0] for kind, pair in _TABLE.items()}
 GRPC_STATUS_NAME: dict[ErrorKind, str] = {kind: pair[1] for kind, pair in _TABLE.items()}
-
-
-class ServingError(Exception):
-    """An error the server answers with: a kind, a message naming the problem, a metrics reason.
-
-    ``reason`` is a short snake_case label for metrics and logs (defaults to the kind's value);
-    ``retry_after_s`` is set for QUEUE_FULL (how long the queue needs to drain, an estimate).
-    """
-
-    def __init__(
-        self,
-        kind: ErrorKind,
-        message: str,
-        *,
-        reason: str | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.reason = reason or kind.value
-        self.retry_after_s = retry_after_s
-
-    def __repr__(self) -> str:
-        return f"ServingError({self.kind.name}, {self.message!r}, reason={self.reason!r})"
-
-    def __reduce__(self):  # keeps kind and reason across pickling (worker → server messages)
-        return (_rebuild, (self.kind.value, self.message, self.reason, self.retry_after_s))
-
-
-def _rebuild(kind: str, message: str, reason: str | None, retry_after_s: float | None) -> ServingError:
-    return ServingError(ErrorKind(kind), message, reason=reason, retry_after_s=retry_after_s)
 
 
 def http_status(err: ServingError) -> int:
@@ -137,14 +103,10 @@ IMAGE_ERROR_KINDS = {
 
 
 def _from_image_error(exc: BaseException) -> ServingError | None:
-    # An instance of model.preprocess's classes can only exist once that module is imported, so look
-    # it up instead of importing it (it needs Pillow, which a worker process may lack).
-    preprocess = sys.modules.get("model.preprocess")
-    image_error = getattr(preprocess, "ImageError", None)
-    if image_error is None or not isinstance(exc, image_error):
+    if not isinstance(exc, ImageError):
         return None
-    reason = str(getattr(exc, "reason", "") or "invalid_image")
-    if isinstance(exc, preprocess.ImageTooLargeError):
+    reason = str(exc.reason or "invalid_image")
+    if isinstance(exc, ImageTooLargeError):
         kind = ErrorKind.PAYLOAD_TOO_LARGE
     else:
         kind = IMAGE_ERROR_KINDS.get(reason, ErrorKind.INVALID_ARGUMENT)

@@ -14,24 +14,24 @@ Services:
 
 Errors are gRPC statuses from ``server.errors`` (INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE with a
 ``grpc-retry-pushback-ms`` trailer when the queue is full, DEADLINE_EXCEEDED, INTERNAL,
-UNAUTHENTICATED). The call's deadline caps the request's; a cancelled call leaves the queue. With an
-``auth_token`` the inference RPCs (Classify, ClassifyStream, ModelInfer) require metadata
-``authorization: Bearer <token>``; health, metadata and reflection stay open. Message size limits are
-``max_request_bytes`` both ways (grpc itself refuses a larger message with RESOURCE_EXHAUSTED before
-it reaches a handler); TLS when ``tls_cert``/``tls_key`` are set. A request message that is not valid
-protobuf (a string field holding invalid UTF-8, a length cut short) is INVALID_ARGUMENT naming the
-message type, on every service (:class:`MalformedRequestGuard`), not grpc's UNKNOWN with the parser's
-exception class.
-"""
+UNAUTHENTICATED), raised as ServingErrors and turned into statuses in one place (:func:`rpc`); auth, OIP
+parameters and the requested outputs are the core's to check. The call's deadline caps the request's; a
+cancelled call leaves the queue. With an ``auth_token`` the inference RPCs (Classify, ClassifyStream,
+ModelInfer) require metadata ``authorization: Bearer <token>``; health, metadata and reflection stay
+open. Message size limits are ``max_request_bytes`` both ways (grpc itself refuses a larger message with
+RESOURCE_EXHAUSTED before it reaches a handler); TLS when ``tls_cert``/``tls_key`` are set. A request
+message that is not valid protobuf (a string field holding invalid UTF-8, a length cut short) is
+INVALID_ARGUMENT naming the message type, on every service (:class:`MalformedRequestGuard`), not grpc's
+UNKNOWN with the parser's exception class."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -42,9 +42,8 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import classify_pb2, classify_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
 from server import oip_codec
-from server.core import ClassifyResult, DataPlane, InferInput, InferResponse
+from server.core import ClassifyResult, DataPlane, InferInput, InferResponse, RequestedOutput
 from server.errors import ErrorKind, ServingError, grpc_code_number, grpc_status
-from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +58,48 @@ async def _abort(context: grpc.aio.ServicerContext, err: ServingError) -> None:
     await context.abort(grpc_status(err), err.message)
 
 
-def _authorize(settings: ServerSettings, context: grpc.aio.ServicerContext) -> None:
-    token = settings.auth_token
-    if token is None:
-        return
-    given = ""
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def rpc(model_field: str | None = None) -> Callable[[Handler], Handler]:
+    """The one error path of every unary RPC: a ServingError ends the call with its status (and the
+    queue's ``grpc-retry-pushback-ms``). With ``model_field``, an inference RPC's refusal that the core
+    did not see (a missing token, a malformed tensor) is counted in the request metrics for the model
+    named by that field of the request."""
+
+    def wrap(method: Handler) -> Handler:
+        @functools.wraps(method)
+        async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.monotonic()
+            try:
+                return await method(self, request, context)
+            except ServingError as err:
+                if model_field is not None:
+                    self.core.observe_error(getattr(request, model_field), "grpc", err, started)
+                await _abort(context, err)
+
+        return handler
+
+    return wrap
+
+
+def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
+    """The token of the call's ``authorization: Bearer <token>`` metadata, None when there is none."""
     for key, value in context.invocation_metadata() or ():
         if key.lower() == "authorization" and isinstance(value, str):
             scheme, _, credentials = value.partition(" ")
             if scheme.lower() == "bearer":
-                given = credentials.strip()
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise ServingError(
-            ErrorKind.UNAUTHENTICATED,
-            "missing or wrong bearer token (metadata authorization: Bearer <token>)",
-        )
+                return credentials.strip()
+    return None
+
+
+def parameter_values(parameters: Any) -> dict[str, Any]:
+    """An OIP ``map<string, InferParameter>`` as plain Python values (what the core reads)."""
+    out = {}
+    for key, param in parameters.items():
+        kind = param.WhichOneof("parameter_choice")
+        out[key] = getattr(param, kind) if kind else None
+    return out
 
 
 # -- ddrnet.v1.Classify -------------------------------------------------------------------------------
@@ -96,21 +122,18 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
         )
         return _classify_proto(result, request.id)
 
+    @rpc(model_field="model_name")
     async def Classify(
         self, request: classify_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> classify_pb2.ClassifyResponse:
-        try:
-            _authorize(self.core.settings, context)
-            return await self._classify(request, context)
-        except ServingError as err:
-            await _abort(context, err)
-            raise  # not reached: abort raises
+        self.core.authorize(bearer_token(context))
+        return await self._classify(request, context)
 
     async def ClassifyStream(
         self, request_iterator: AsyncIterator[classify_pb2.ClassifyRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[classify_pb2.ClassifyResponse]:
         try:
-            _authorize(self.core.settings, context)
+            self.core.authorize(bearer_token(context))
         except ServingError as err:
             await _abort(context, err)
         # Bounded concurrency per stream: a client cannot pile up more work than the queue holds.
@@ -183,11 +206,9 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return grpc_service_pb2.ServerReadyResponse(ready=self.core.ready())
 
+    @rpc()
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            ready = self.core.model_ready(request.name, request.version or None)
-        except ServingError as err:
-            await _abort(context, err)
+        ready = self.core.model_ready(request.name, request.version or None)
         return grpc_service_pb2.ModelReadyResponse(ready=ready)
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -196,11 +217,9 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             name=meta["name"], version=meta["version"], extensions=meta["extensions"]
         )
 
+    @rpc()
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            meta = self.core.model_metadata(request.name, request.version or None)
-        except ServingError as err:
-            await _abort(context, err)
+        meta = self.core.model_metadata(request.name, request.version or None)
         tensor = grpc_service_pb2.ModelMetadataResponse.TensorMetadata
         return grpc_service_pb2.ModelMetadataResponse(
             name=meta.name,
@@ -210,39 +229,20 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs],
         )
 
+    @rpc(model_field="model_name")
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.monotonic()
-        try:
-            _authorize(self.core.settings, context)
-            try:
-                inputs = _decode_inputs(request)
-                timeout_s = context.time_remaining()
-                oip_timeout = _oip_timeout(request.parameters)
-                if oip_timeout is not None:
-                    timeout_s = oip_timeout if timeout_s is None else min(timeout_s, oip_timeout)
-                requested = [o.name for o in request.outputs] or None
-                for out in request.outputs:
-                    if "classification" in out.parameters:
-                        raise ServingError(
-                            ErrorKind.INVALID_ARGUMENT,
-                            f"output {out.name!r}: the classification extension is not supported; use "
-                            "ddrnet.v1.Classify for top-k labels",
-                        )
-            except ServingError as err:
-                self.core.observe_error(request.model_name, "grpc", err, started)
-                raise
-            response = await self.core.infer(
-                model=request.model_name,
-                version=request.model_version or None,
-                inputs=inputs,
-                outputs=requested,
-                request_id=request.id,
-                timeout_s=timeout_s,
-                protocol="grpc",
-            )
-            return _infer_proto(response)
-        except ServingError as err:
-            await _abort(context, err)
+        self.core.authorize(bearer_token(context))
+        response = await self.core.infer(
+            model=request.model_name,
+            version=request.model_version or None,
+            inputs=_decode_inputs(request),
+            outputs=[RequestedOutput(o.name, parameter_values(o.parameters)) for o in request.outputs],
+            parameters=parameter_values(request.parameters),
+            request_id=request.id,
+            timeout_s=context.time_remaining(),
+            protocol="grpc",
+        )
+        return _infer_proto(response)
 
 
 def _decode_inputs(request: Any) -> list[InferInput]:
@@ -262,20 +262,6 @@ def _decode_inputs(request: Any) -> list[InferInput]:
             data = oip_codec.decode_contents(tensor.name, datatype, shape, tensor.contents)
         out.append(InferInput(tensor.name, datatype, shape, data))
     return out
-
-
-def _oip_timeout(parameters: Any) -> float | None:
-    if "timeout" not in parameters:
-        return None
-    param = parameters["timeout"]
-    kind = param.WhichOneof("parameter_choice")
-    value = getattr(param, kind) if kind else None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ServingError(
-            ErrorKind.INVALID_ARGUMENT,
-            f"parameters.timeout must be a positive number of microseconds, got {value!r}",
-        )
-    return float(value) / 1e6
 
 
 def _infer_proto(response: InferResponse) -> Any:
@@ -307,9 +293,8 @@ class HealthReporter:
         overall = status.SERVING if ready else status.NOT_SERVING
         for service in ("", CLASSIFY_SERVICE, INFERENCE_SERVICE):
             await self.servicer.set(service, overall)
-        for name, served in list(self.core.manager.models.items()):
-            ok = served.ready and not self.core.draining
-            await self.servicer.set(name, status.SERVING if ok else status.NOT_SERVING)
+        for model in self.core.models():
+            await self.servicer.set(model.name, status.SERVING if model.ready else status.NOT_SERVING)
 
     async def shutdown(self) -> None:
         await self.servicer.enter_graceful_shutdown()

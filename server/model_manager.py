@@ -39,14 +39,14 @@ from typing import Any
 
 import numpy as np
 
+from inference.worker_client import WorkerInstance
 from model import repository as repo
+from model.manifest import ModelManifest
 from model.preprocess import EvalTransform
 from server.batcher import Batcher, BatcherConfig
 from server.errors import ErrorKind, ServingError
 from server.metrics import ServerMetrics
-from server.preprocessing import build_transform
 from server.settings import ServerSettings
-from server.worker_client import WorkerInstance
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def warmup_batch_sizes(max_batch_size: int, preferred: Sequence[int]) -> list[in
 
 
 class ManagedInstance:
-    """A :class:`~server.worker_client.WorkerInstance` as the batcher's model instance.
+    """A :class:`~inference.worker_client.WorkerInstance` as the batcher's model instance.
 
     While the worker is being restarted after a crash, :meth:`infer` waits (up to ``restart_wait_s``)
     for it to come back instead of failing at once, so the batcher keeps the queued requests instead
@@ -125,7 +125,7 @@ class ServedVersion:
     model: str
     version: str
     version_dir: Path
-    manifest: repo.ModelManifest
+    manifest: ModelManifest
     transform: EvalTransform
     instances: list[ManagedInstance]
     runtime: str
@@ -186,7 +186,7 @@ class ServedModel:
         return self.versions[version]
 
 
-InstanceFactory = Callable[[Path, repo.ModelManifest, int], ManagedInstance]
+InstanceFactory = Callable[[Path, ModelManifest, int], ManagedInstance]
 
 
 class ModelManager:
@@ -319,9 +319,9 @@ class ModelManager:
                 with contextlib.suppress(ServingError):
                     await self._swap(served, version, manifest)
 
-    def _scan(self) -> dict[str, list[tuple[int, repo.ModelManifest]]]:
+    def _scan(self) -> dict[str, list[tuple[int, ModelManifest]]]:
         """Complete, not-failed versions of each model, newest first (runs in a thread: hashing)."""
-        out: dict[str, list[tuple[int, repo.ModelManifest]]] = {}
+        out: dict[str, list[tuple[int, ModelManifest]]] = {}
         names = repo.list_models(self.repository)
         wanted = self.settings.models
         if wanted:
@@ -356,12 +356,12 @@ class ModelManager:
         self.metrics.model_load_failures_total.labels(name, "incomplete").inc()
 
     @staticmethod
-    def _key(name: str, version: int, manifest: repo.ModelManifest) -> tuple[str, int, str]:
+    def _key(name: str, version: int, manifest: ModelManifest) -> tuple[str, int, str]:
         return (name, version, f"{manifest.created_at}/{manifest.source_checkpoint_sha256}")
 
     # -- loading -----------------------------------------------------------------------------------
 
-    def _worker_instance(self, vdir: Path, manifest: repo.ModelManifest, index: int) -> ManagedInstance:
+    def _worker_instance(self, vdir: Path, manifest: ModelManifest, index: int) -> ManagedInstance:
         s = self.settings
         runtime, options = self.runtime, {}
         if s.precision == "int8":  # opt-in: only ONNX Runtime serves the int8 file; never a fallback
@@ -369,7 +369,7 @@ class ModelManager:
             options["precision"] = "int8"
         worker = WorkerInstance(
             vdir,
-            manifest.to_dict(),
+            manifest,
             runtime=runtime,
             options=options,
             device=s.device,
@@ -384,13 +384,13 @@ class ModelManager:
         )
         return ManagedInstance(worker, restart_wait_s=s.request_timeout_ms / 1000.0)
 
-    async def _load_version(self, name: str, version: int, manifest: repo.ModelManifest) -> ServedVersion:
+    async def _load_version(self, name: str, version: int, manifest: ModelManifest) -> ServedVersion:
         """Start and warm the instances of one version. Raises ServingError (logged and counted)."""
         vdir = repo.version_dir(self.repository, name, version)
         started = time.monotonic()
         log.info("model %s: loading version %d from %s", name, version, vdir)
         try:
-            transform = build_transform(manifest, self.settings.max_image_pixels)
+            transform = EvalTransform.for_manifest(manifest, self.settings.max_image_pixels)
         except ValueError as exc:
             raise self._load_failed(name, version, manifest, "invalid_preprocess", str(exc)) from None
         instances = [self._factory(vdir, manifest, i) for i in range(self.settings.instances or 1)]
@@ -421,7 +421,7 @@ class ModelManager:
         return served
 
     def _load_failed(
-        self, name: str, version: int, manifest: repo.ModelManifest, reason: str, message: str
+        self, name: str, version: int, manifest: ModelManifest, reason: str, message: str
     ) -> ServingError:
         self._failed[self._key(name, version, manifest)] = message
         self.metrics.model_load_failures_total.labels(name, reason).inc()
@@ -439,7 +439,7 @@ class ModelManager:
             default_timeout_s=s.request_timeout_ms / 1000.0,
         )
 
-    async def _serve_new_model(self, name: str, version: int, manifest: repo.ModelManifest) -> None:
+    async def _serve_new_model(self, name: str, version: int, manifest: ModelManifest) -> None:
         loaded = await self._load_version(name, version, manifest)
         if self._closing:
             await self._stop_instances(loaded.instances)
@@ -452,7 +452,7 @@ class ModelManager:
         self.metrics.set_serving(name, loaded.version, loaded.runtime, loaded.device)
         log.info("model %s: serving version %s", name, loaded.version)
 
-    async def _swap(self, served: ServedModel, version: int, manifest: repo.ModelManifest) -> None:
+    async def _swap(self, served: ServedModel, version: int, manifest: ModelManifest) -> None:
         """Hot swap ``served`` to ``version``: load + warm, switch, drain and stop the old instances."""
         loaded = await self._load_version(served.name, version, manifest)
         if self._closing or not served.batcher.accepting:

@@ -1,7 +1,7 @@
 """Request images → model input, off the event loop: decode + the version's own eval transform.
 
-The transform of a model version is built from its ``model.json`` (:func:`build_transform`), never
-hard-coded, with the server's pixel limit (checked on the declared size, before decoding: image
+The transform of a model version is built from its ``model.json`` (``EvalTransform.for_manifest``),
+never hard-coded, with the server's pixel limit (checked on the declared size, before decoding: image
 bombs never allocate). :class:`Preprocessor` runs one pool task per image on ``preprocess_workers``
 threads (Pillow releases the GIL while decoding and resampling, so images of one request and of
 concurrent requests are transformed in parallel, and in parallel with inference in the worker
@@ -23,23 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from model.preprocess import EvalTransform, ImageError, PreprocessConfig
-from model.repository import ModelManifest
+from model.preprocess import EvalTransform, ImageError
 from server.errors import ErrorKind, ServingError, from_exception
 
 log = logging.getLogger(__name__)
-
-
-def build_transform(manifest: ModelManifest, max_pixels: int) -> EvalTransform:
-    """The eval transform recorded in ``manifest`` (ValueError naming a bad ``preprocess`` field)."""
-    config = PreprocessConfig.from_dict(dict(manifest.preprocess))
-    transform = EvalTransform(config, max_pixels=max_pixels)
-    expected = tuple(manifest.input.shape[1:])
-    if transform.output_shape != expected:
-        raise ValueError(
-            f"preprocess gives {list(transform.output_shape)} but the model input is {list(expected)}"
-        )
-    return transform
 
 
 class Preprocessor:

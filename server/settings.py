@@ -2,12 +2,11 @@
 
 Precedence, highest first: command-line options, environment (``DDRNET_<FIELD>``), a YAML file
 (``--config``), defaults. Defaults that depend on the machine (instances, threads, preprocessing
-workers) are derived from the cores this process may use; see :func:`derive_defaults` for why.
+workers) are derived from the cores this process may use (:func:`derive_defaults`).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -20,31 +19,14 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from inference.placement import derive_placement
+
 # Default of preprocess_wait_ms: about two photos' decode + transform on one core (BENCHMARKS.md,
 # "Preprocessing": 4-10 ms, 25 ms for a large photo).
 PREPROCESS_WAIT_MS = 10.0
 
 RuntimeName = Literal["auto", "lite", "onnxruntime", "mindspore"]
 DeviceName = Literal["cpu", "gpu", "ascend"]
-
-
-def available_cores() -> int:
-    """Cores this process may use: CPU affinity, capped by a cgroup v2 CPU limit (containers), >= 1.
-
-    Kubernetes sets a CPU limit through ``cpu.max`` while affinity still shows every core of the
-    node; sizing threads from affinity alone would oversubscribe the pod.
-    """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 limit visible
-    return max(1, cores)
 
 
 class ServerSettings(BaseSettings):
@@ -159,48 +141,21 @@ class ServerSettings(BaseSettings):
         return tuple(sources)
 
 
-# Default instances are capped: each one is a worker process holding its own copy of the model
-# (ONNX Runtime ~0.4 GiB, Lite ~1.1 GiB for DDRNet-23, BENCHMARKS.md "Runtimes").
-MAX_DEFAULT_INSTANCES = 8
-# Intra-op threads of one instance by default; a CPU with more cores gets more instances instead.
-MAX_DEFAULT_THREADS = 8
-
-
 def derive_defaults(settings: ServerSettings) -> ServerSettings:
-    """Fill machine-dependent defaults. On a CPU: one instance with every available core as its
-    threads (at most ``MAX_DEFAULT_THREADS`` a piece; beyond that, more instances, at most
-    ``MAX_DEFAULT_INSTANCES``), and as many preprocessing threads as cores. A worker under
-    ``runtime_python`` (PyPI's MindSpore Lite 2.0, which must run one thread: more give wrong logits
-    after a resize, ``server.runtimes.lite_rt``) gets one single-threaded instance per core instead.
-    Accelerators (``device`` gpu/ascend) get one instance with every core. Any of the three given
-    explicitly is kept and the others are derived from it (``--instances 2`` alone on 2 cores gives
-    2 instances × 1 thread).
-
-    Why one multi-threaded instance (measured here on an idle 2-core machine, BENCHMARKS.md
-    "Performance targets", `ddrnet bench` gRPC on the sample photos as JPEGs): DDRNet-23-slim at
-    224 on ONNX Runtime, 1 × 2 threads against 2 × 1: concurrency 1 p50 17.4 vs 28.6 ms (a lone
-    request gets both cores), concurrency 8 76.2 vs 73.7 img/s with p99/p50 1.30 vs 2.07 (every
-    batch takes all waiting requests, so every request waits about one batch; two instances
-    alternate small uneven batches); DDRNet-23 24.0 vs 23.9 img/s, p99/p50 1.10 vs 2.56; MindSpore
-    slim 45.0 vs 39.9 img/s. On a machine shared with other CPU-heavy jobs (load average 11-16) the
-    ranking flips: 2 × 1 served 24.5 img/s against 10.4 for 1 × 2, because one descheduled intra-op
-    thread stalls its sibling at every operator; set ``--instances`` to the cores there.
-    """
-    cores = available_cores()
-    single_threaded = settings.device == "cpu" and settings.runtime_python is not None
-    if settings.instances is None:
-        if settings.device != "cpu":
-            settings.instances = 1
-        elif settings.threads_per_instance is not None:
-            settings.instances = max(1, cores // settings.threads_per_instance)
-        elif single_threaded:
-            settings.instances = min(cores, MAX_DEFAULT_INSTANCES)
-        else:
-            settings.instances = min(math.ceil(cores / MAX_DEFAULT_THREADS), MAX_DEFAULT_INSTANCES)
-    if settings.threads_per_instance is None:
-        settings.threads_per_instance = max(1, cores // settings.instances)
-    if settings.preprocess_workers is None:
-        settings.preprocess_workers = cores
+    """Fill the machine-dependent defaults (instances, threads per instance, preprocessing workers) by
+    the runtime layer's one placement rule (``inference.placement.derive_placement``, where the
+    measurements behind it are). A worker under ``runtime_python`` (PyPI's MindSpore Lite 2.0) runs
+    single-threaded instances."""
+    placement = derive_placement(
+        device=settings.device,
+        single_threaded=settings.device == "cpu" and settings.runtime_python is not None,
+        instances=settings.instances,
+        threads_per_instance=settings.threads_per_instance,
+        preprocess_workers=settings.preprocess_workers,
+    )
+    settings.instances = placement.instances
+    settings.threads_per_instance = placement.threads_per_instance
+    settings.preprocess_workers = placement.preprocess_workers
     return settings
 
 

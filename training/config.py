@@ -18,8 +18,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from model.archs import ARCHS
+from model.preprocess_config import PreprocessConfig, resolve_preprocess
 
-#: Default eval transform settings that are not recipe keys (recorded in run.json for export).
+#: Eval resize modes (the eval transform is recorded in run.json for export).
 EVAL_RESIZE_MODES = ("squash", "shorter_side")
 
 
@@ -180,18 +181,13 @@ class TrainConfig(BaseModel):
     def eval_batch(self) -> int:
         return self.eval_batch_size or self.batch_size
 
-    def eval_preprocess(self) -> dict[str, Any]:
-        """The eval transform as ``model.preprocess.PreprocessConfig`` keys (what export writes)."""
-        from model.preprocess import IMAGENET_MEAN, IMAGENET_STD
-
-        return {
-            "image_size": self.image_size,
-            "crop_pct": self.crop_pct,
-            "interpolation": self.eval_interpolation,
-            "resize_mode": self.eval_resize_mode,
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
-        }
+    def eval_preprocess(self) -> PreprocessConfig:
+        """The eval transform this config trains for (what eval uses and ``run.json`` records for
+        export): its eval keys over the architecture's default, by the one resolver."""
+        return resolve_preprocess(
+            self.arch, image_size=self.image_size, crop_pct=self.crop_pct,
+            interpolation=self.eval_interpolation, resize_mode=self.eval_resize_mode,
+        )
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (what the run directory keeps as config.yaml)."""

@@ -34,7 +34,6 @@ from model.preprocess import (
     IMAGENET_STD,
     EvalTransform,
     ImageError,
-    PreprocessConfig,
     decode_image,
     to_rgb,
 )
@@ -283,7 +282,7 @@ def train_dataset(cfg: TrainConfig, split: Split, epoch: int, bad_log: BadImageL
 
 def eval_transform(cfg: TrainConfig) -> EvalTransform:
     """The one eval transform (model.preprocess) for this config."""
-    return EvalTransform(PreprocessConfig.from_dict(cfg.eval_preprocess()))
+    return EvalTransform(cfg.eval_preprocess())
 
 
 def eval_dataset(cfg: TrainConfig, split: Split, bad_log: BadImageLog, *, rank: int = 0, world_size: int = 1):

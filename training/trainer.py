@@ -7,8 +7,9 @@ finite check, dynamic scale update, global-norm clip, optimizer) is one function
 ``mindspore.jit`` when ``jit`` is on. The learning rate follows the per-step schedule through the
 optimizer's own ``global_step`` (``training.optim``).
 
-Run directory (``output_dir``): ``config.yaml`` (resolved config), ``run.json`` (what export needs:
-arch, num_classes, labels, model_variant, eval preprocess, best/latest checkpoint), ``labels.txt``,
+Run directory (``output_dir``): ``config.yaml`` (resolved config), ``run.json`` (``training.run_info``:
+what ``ddrnet export --run-dir`` needs — arch, num_classes, labels, model_variant, eval preprocess,
+best/latest checkpoint, training folder — and the run's progress), ``labels.txt``,
 ``log.jsonl``, ``checkpoints/`` (see ``training.checkpointing``), ``bad_images.txt`` when any image
 could not be decoded.
 """
@@ -16,7 +17,6 @@ could not be decoded.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import math
 import os
@@ -39,11 +39,11 @@ from training.data import (
 )
 from training.distributed import DistInfo, grad_reducer
 from training.progress import EpochProgress, JsonlLog, epoch_summary
+from training.run_info import RunInfo, write_run_info
 from training.schedules import build_lr_schedule, lr_scale
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.jsonl"
 LABELS_FILE = "labels.txt"
@@ -172,21 +172,14 @@ class Trainer:
         write_labels_file(self.out / LABELS_FILE, self.labels)
         self._write_run_json(status="running")
 
-    def _run_info(self, status: str, **extra: Any) -> dict[str, Any]:
+    def _run_info(self, status: str, **extra: Any) -> RunInfo:
         import mindspore as ms
 
         cfg = self.cfg
         best = self.ckpts.folder / ckpt.BEST_NAME
         latest = self.ckpts.folder / ckpt.LATEST_NAME
-        return {
+        stats = {
             "status": status,
-            "arch": cfg.arch,
-            "num_classes": cfg.num_classes,
-            "labels": self.labels,
-            "model_variant": cfg.model_variant,
-            "preprocess": cfg.eval_preprocess(),
-            "checkpoint_best": str(best.relative_to(self.out)) if best.exists() else None,
-            "checkpoint_latest": str(latest.relative_to(self.out)) if latest.exists() else None,
             "best_top1": self.state.best_top1 if self.state.best_top1 >= 0 else None,
             "best_epoch": self.state.best_epoch if self.state.best_epoch >= 0 else None,
             "epochs_done": self.state.epoch,
@@ -200,11 +193,21 @@ class Trainer:
             "updated_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             **extra,
         }
+        return RunInfo(
+            arch=cfg.arch,
+            num_classes=cfg.num_classes,
+            labels=list(self.labels),
+            model_variant=cfg.model_variant,
+            preprocess=cfg.eval_preprocess(),
+            checkpoint_best=str(best.relative_to(self.out)) if best.exists() else None,
+            checkpoint_latest=str(latest.relative_to(self.out)) if latest.exists() else None,
+            train_dir=str(Path(self.train_split.root).resolve()),
+            stats=stats,
+        )
 
     def _write_run_json(self, status: str, **extra: Any) -> None:
         if self.dist.is_main:
-            info = self._run_info(status, **extra)
-            _atomic_write_text(self.out / RUN_FILE, json.dumps(info, indent=2) + "\n")
+            write_run_info(self.out, self._run_info(status, **extra))
 
     def _build(self) -> None:
         import mindspore as ms

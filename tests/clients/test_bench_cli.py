@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from client_testutil import ServerProcess, build_onnx_repository, sample_images
 
 from cli.main import main
-from clients import bench_metrics
-from clients.bench import Level, parse_levels
+from ops import bench_metrics
+from ops.bench import Level, parse_levels
+from tests.support.client_testutil import ServerProcess, build_onnx_repository, sample_images
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +153,10 @@ def test_raw_placements_follow_the_server_defaults(monkeypatch):
     import argparse
     import sys
 
-    from clients import cli_bench
-    from server import settings as settings_module
+    from cli import bench as cli_bench
+    from inference import placement as placement_module
 
-    monkeypatch.setattr(settings_module, "available_cores", lambda: 2)
+    monkeypatch.setattr(placement_module, "available_cores", lambda: 2)
     parser = argparse.ArgumentParser()
     cli_bench.add_arguments(parser)
 

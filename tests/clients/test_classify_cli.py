@@ -10,9 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_testutil import LABELS, ServerProcess, build_onnx_repository, reference_logits, sample_images
 
 from cli.main import main
+from tests.support.client_testutil import (
+    LABELS,
+    ServerProcess,
+    build_onnx_repository,
+    reference_logits,
+    sample_images,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import struct
 
 import numpy as np
 import pytest
-from client_testutil import sample_images
 from PIL import Image
 
 from clients import oip
 from clients.payload import content_type, expand_targets, to_bytes
 from clients.types import ClassifyResult, ImageResult, Prediction, merge, result_from_json
+from tests.support.client_testutil import sample_images
 
 
 def test_every_image_form_becomes_encoded_bytes(tmp_path):

@@ -13,12 +13,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_testutil import LABELS, ServerProcess, build_onnx_repository, reference_logits, sample_images
 
 from clients import errors
 from clients.grpc_client import AsyncGrpcClient, GrpcClient
 from clients.http_client import AsyncHttpClient, HttpClient
 from clients.retry import NO_RETRY
+from tests.support.client_testutil import (
+    LABELS,
+    ServerProcess,
+    build_onnx_repository,
+    reference_logits,
+    sample_images,
+)
 
 TOKEN = "s3cret-token"
 

@@ -1,4 +1,4 @@
-"""Accuracy through the server (``ddrnet eval --server``, ``clients.evaluate``) equals the same figures
+"""Accuracy through the server (``ddrnet eval --server``, ``ops.eval_server``) equals the same figures
 computed offline. Fast: the small ONNX model against its own outputs on an ImageNet-style folder of
 real photo crops (with one corrupt file, skipped and reported). Slow: a DDRNet-23-slim checkpoint
 exported with ``ddrnet export`` and served, against offline ``ddrnet eval`` on the same checkpoint."""
@@ -12,10 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from client_testutil import REPO_ROOT, ServerProcess, build_onnx_repository, reference_logits, sample_images
 
 from cli.main import main
-from clients import evaluate
+from tests.support.client_testutil import (
+    REPO_ROOT,
+    ServerProcess,
+    build_onnx_repository,
+    reference_logits,
+    sample_images,
+)
 from training.data import scan_split
 from training.evaluate import batch_metrics
 
@@ -63,8 +68,8 @@ def test_eval_through_the_server_equals_offline(protocol, served, val_dir, tmp_p
     server, version_dir = served
     address = server.grpc if protocol.endswith("grpc") else server.http
     matrix = tmp_path / "confusion.png"
-    rc = evaluate.main(["--server", address, "--data", str(val_dir), "--protocol", protocol,
-                        "--model", "tiny", "--json", "--batch-size", "4", "--confusion-matrix", str(matrix)])
+    rc = main(["eval", "--server", address, "--data", str(val_dir), "--protocol", protocol,
+               "--model", "tiny", "--json", "--batch-size", "4", "--confusion-matrix", str(matrix)])
     out, err = capsys.readouterr()
     assert rc == 0, err
     got = json.loads(out)
@@ -90,8 +95,8 @@ def test_eval_through_the_server_equals_offline(protocol, served, val_dir, tmp_p
 
 
 def test_ddrnet_eval_server_hook_prints_the_summary(served, val_dir, capsys):
-    """``ddrnet eval --server ADDR --data DIR`` (training/cli_eval.py) dispatches here; default HTTP,
-    the only served model."""
+    """``ddrnet eval --server ADDR --data DIR`` (cli/eval.py) prints the summary; default HTTP, the only
+    served model."""
     server, version_dir = served
     assert main(["eval", "--server", server.http, "--data", str(val_dir)]) == 0
     out, _ = capsys.readouterr()
@@ -105,7 +110,7 @@ def test_class_count_mismatch_is_an_error(served, tmp_path, capsys):
     server, _ = served
     (tmp_path / "only").mkdir()
     (tmp_path / "only" / "a.jpg").write_bytes(sample_images()[0].read_bytes())
-    rc = evaluate.main(["--server", server.http, "--data", str(tmp_path), "--model", "tiny"])
+    rc = main(["eval", "--server", server.http, "--data", str(tmp_path), "--model", "tiny"])
     _, err = capsys.readouterr()
     assert rc == 2 and "has 10 classes but" in err and "1 class folders" in err
 
@@ -144,7 +149,7 @@ def test_served_ddrnet_equals_offline_ddrnet_eval(tmp_path):
         over_http = json.loads(_ddrnet("eval", "--server", server.http, "--data", str(data / "val"),
                                        "--json").stdout)
         over_oip = json.loads(subprocess.run(
-            [sys.executable, "-m", "clients.evaluate", "--server", server.grpc, "--protocol", "oip-grpc",
+            [sys.executable, "-m", "ops.eval_server", "--server", server.grpc, "--protocol", "oip-grpc",
              "--model", "digits", "--data", str(data / "val"), "--json"],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True).stdout)
     assert offline["images"] == over_http["images"] == over_oip["images"] > 50

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from deploy_facts import (
+
+from tests.support.deploy_facts import (
     DOCKERFILE,
     HEALTHCHECK_SCRIPT,
     READY_PATH,

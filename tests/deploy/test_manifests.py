@@ -23,7 +23,10 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_facts import (
+
+from server.metrics import ServerMetrics
+from server.settings import ServerSettings
+from tests.support.deploy_facts import (
     K8S_DIR,
     KSERVE_DIR,
     LIVE_PATH,
@@ -39,9 +42,6 @@ from deploy_facts import (
     serve_options,
     setting_default,
 )
-
-from server.metrics import ServerMetrics
-from server.settings import ServerSettings
 
 K8S_VERSION = "1.30"
 SCHEMAS = Path(__file__).parent / "schemas"

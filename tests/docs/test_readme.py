@@ -26,7 +26,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from readme_blocks import (
+
+from tests.support.client_testutil import ServerProcess, build_onnx_repository
+from tests.support.readme_blocks import (
     COMMAND_LANGS,
     COMMAND_WORDS,
     MODES_BY_LANG,
@@ -37,10 +39,7 @@ from readme_blocks import (
     dangling_markers,
     marked,
 )
-from readme_tables import TABLES, readme_table
-
-sys.path.insert(0, str(REPO / "tests" / "clients"))
-from client_testutil import ServerProcess, build_onnx_repository
+from tests.support.readme_tables import TABLES, readme_table
 
 VENV_BIN = Path(sys.executable).parent
 HTTP_DEFAULT = "127.0.0.1:8000"
@@ -351,7 +350,7 @@ def _check_ddrnet(argv: list[str], env: dict[str, str], monkeypatch, tmp_path) -
 
 def _check_serve(args, env: dict[str, str], monkeypatch, tmp_path) -> None:
     """The options and DDRNET_* variables validate as ServerSettings (paths replaced by existing ones)."""
-    from server.cli import _overrides
+    from cli.serve import _overrides
     from server.settings import ServerSettings, load_settings
 
     for key in list(os.environ):

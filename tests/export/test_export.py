@@ -10,13 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cli import export as cli_export
 from cli.errors import CliError
+from inference.lite_tool import find_lite
+from model import manifest as mf
 from model import repository as repo
 from model.ms_device import use_device
-from training import cli_export
-from training.export import ExportError, ExportSpec, export_model, find_lite
-from training.export_verify import compare, sample_batch, sample_image_paths
-from training.onnx_export import make_batch_symbolic
+from model.preprocess_config import PreprocessConfig
+from model.samples import sample_photos
+from training.export import ExportError, ExportSpec, export_model
+from training.export.onnx_writer import make_batch_symbolic
+from training.export.verify import VERIFICATION_PHOTOS, compare, sample_batch
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 64
@@ -69,7 +73,7 @@ def test_export_publishes_a_verified_version(checkpoint, tmp_path):
     result = export_model(_spec(checkpoint, tmp_path, batch_sizes=(2,)))
     assert result.version == 1
     assert repo.newest_complete_version(tmp_path, "slim") == 1
-    m = repo.load_manifest(result.version_dir)
+    m = mf.load_manifest(result.version_dir)
     assert m == result.manifest
     assert (m.arch, m.num_classes, m.weight_variant) == ("ddrnet23_slim", NUM_CLASSES, "zoo")
     assert m.labels == [f"class_{i}" for i in range(NUM_CLASSES)]
@@ -231,8 +235,8 @@ def test_compare_rule():
 
 
 def test_sample_batch_uses_real_photos_through_the_eval_transform():
-    assert len(sample_image_paths()) >= 2
-    batch = sample_batch({"image_size": 64})
+    assert len(sample_photos(VERIFICATION_PHOTOS)) >= 2
+    batch = sample_batch(PreprocessConfig(image_size=64))
     assert batch.dtype == np.float32 and batch.shape[1:] == (3, 64, 64) and len(batch) >= 4
     assert len({float(b.mean()) for b in batch}) == len(batch)  # distinct images
 
@@ -301,17 +305,17 @@ def test_cli_spec_from_training_config(tmp_path):
     )
     common = ["--checkpoint", "x.ckpt", "--repository", str(tmp_path), "--name", "pets"]
     common += ["--config", str(config)]
-    spec = cli_export.build_spec(_parse(common))
+    spec = cli_export.spec_from_args(_parse(common))
     assert (spec.arch, spec.num_classes, spec.variant) == ("ddrnet23_slim", 3, "authors")
     assert spec.labels == ["cat", "dog", "eel"]
-    assert spec.preprocess["image_size"] == 96 and spec.preprocess["crop_pct"] == 0.75
+    assert spec.preprocess.image_size == 96 and spec.preprocess.crop_pct == 0.75
     # Options override the config; a run directory's labels.txt wins over the class folders.
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "labels.txt").write_text("Cat\nDog\nEel\n")
-    spec = cli_export.build_spec(_parse([*common, "--image-size", "128", "--variant", "zoo"]))
-    assert spec.preprocess["image_size"] == 128 and spec.variant == "zoo"
+    spec = cli_export.spec_from_args(_parse([*common, "--image-size", "128", "--variant", "zoo"]))
+    assert spec.preprocess.image_size == 128 and spec.variant == "zoo"
     assert spec.labels == ["Cat", "Dog", "Eel"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("arch: ddrnet23_slim\nnum_clases: 3\ndata_url: x\n")
     with pytest.raises(CliError, match="num_clases: unknown key"):
-        cli_export.build_spec(_parse([*common[:-1], str(bad)]))
+        cli_export.spec_from_args(_parse([*common[:-1], str(bad)]))

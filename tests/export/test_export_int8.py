@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from model import manifest as mf
 from model import repository as repo
 from model.ms_device import use_device
-from training.export import ExportError, ExportSpec, _resolve_formats, export_model
-from training.onnx_quantize import calibration_paths, top1_agreement_record
+from training.export import ExportError, ExportSpec, export_model
+from training.export.int8 import calibration_paths, top1_agreement_record
+from training.export.spec import check_spec
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 64
@@ -99,7 +100,7 @@ def test_calibration_images_spread_over_classes_and_held_out_images_differ(train
 
 
 def test_int8_is_never_a_default_format(checkpoint, tmp_path):
-    formats, _ = _resolve_formats(_spec(checkpoint, tmp_path, formats=None))
+    formats = check_spec(_spec(checkpoint, tmp_path, formats=None)).formats
     assert "onnx_int8" not in formats
 
 
@@ -158,10 +159,10 @@ def test_int8_below_the_agreement_threshold_is_refused(checkpoint, train_dir, tm
 
 @pytest.mark.slow
 def test_onnxruntime_serves_int8_only_when_asked(int8_version):
-    from server.runtimes import ModelFileError
-    from server.runtimes.onnxruntime_rt import OnnxRuntime
+    from inference.runtimes import ModelFileError
+    from inference.runtimes.onnxruntime_rt import OnnxRuntime
 
-    manifest = repo.load_manifest(int8_version).to_dict()
+    manifest = mf.load_manifest(int8_version).to_dict()
     fp32, int8 = OnnxRuntime(), OnnxRuntime()
     fp32.load(str(int8_version), manifest, options={"threads": 1})
     int8.load(str(int8_version), manifest, options={"threads": 1, "precision": "int8"})
@@ -186,12 +187,9 @@ def test_settings_refuse_int8_on_other_runtimes(tmp_path):
 
 @pytest.mark.slow
 def test_server_serves_int8_when_asked_and_fp32_by_default(int8_version):
-    sys.path.insert(0, str(HERE.parent / "server"))
-    try:
-        import server_fixtures as sf
-    finally:
-        sys.path.remove(str(HERE.parent / "server"))
     from PIL import Image
+
+    from tests.support import server_fixtures as sf
 
     buf = io.BytesIO()
     Image.new("RGB", (80, 60), (200, 30, 30)).save(buf, format="PNG")

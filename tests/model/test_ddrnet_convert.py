@@ -8,13 +8,13 @@ import sys
 
 import mindspore as ms
 import pytest
-from ddrnet_testutil import assert_logits_close, images, ms_mode, reference
 
 import cli.main
 from model import create_model
+from tests.support.ddrnet_testutil import assert_logits_close, images, ms_mode, reference
 
 torch = pytest.importorskip("torch", reason="torch (the [torch] extra) not installed: .pth reading untested")
-torch_reference = pytest.importorskip("torch_reference")
+torch_reference = pytest.importorskip("tests.support.torch_reference")
 
 
 def _authors_pth(tmp_path, arch: str, seed: int, wrap: bool = False) -> tuple[object, str]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import mindspore as ms
 import numpy as np
 import pytest
-from ddrnet_testutil import assert_logits_close, images, ms_mode
 from mindspore import Tensor, nn
 
 from model import create_model
 from model.layers import DropPath
+from tests.support.ddrnet_testutil import assert_logits_close, images, ms_mode
 
 
 def _randomized(name: str, variant: str, seed: int = 0, **kwargs) -> nn.Cell:

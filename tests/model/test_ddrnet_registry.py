@@ -7,12 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-from ddrnet_testutil import reference
 
 from model import create_model, list_models
 from model.convert import ConvertError, map_authors_state_dict
 from model.ddrnet import _drop_path_schedule
-from model.registry import default_eval_config
+from model.preprocess_config import resolve_preprocess
+from tests.support.ddrnet_testutil import reference
 
 # Trainable parameters of the authors' networks (stem conv bias included); the zoo variant has no
 # stem bias: 2 * planes fewer.
@@ -113,23 +113,24 @@ def test_drop_path_schedule_is_linear_over_blocks():
     assert net.layer3_[1].drop_path.rate == net.layer3[1].drop_path.rate > 0
 
 
-def test_default_eval_config_needs_no_mindspore():
+def test_default_preprocessing_needs_no_mindspore():
     code = (
-        "import sys; from model.registry import default_eval_config as d; "
-        "c = d('ddrnet23'); assert 'mindspore' not in sys.modules, 'mindspore imported'; print(c)"
+        "import sys; from model.preprocess_config import resolve_preprocess as r; "
+        "c = r('ddrnet23'); assert 'mindspore' not in sys.modules, 'mindspore imported'; print(c)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert default_eval_config("ddrnet39") == {
+    assert resolve_preprocess("ddrnet39").to_dict() == {
         "image_size": 224,
         "crop_pct": 0.875,
         "interpolation": "bicubic",
         "resize_mode": "squash",
         "mean": [0.485, 0.456, 0.406],
         "std": [0.229, 0.224, 0.225],
+        "apply_exif_orientation": False,
     }
-    with pytest.raises(ValueError, match="unknown model 'x'"):
-        default_eval_config("x")
+    # an architecture this build does not know takes the zoo defaults; explicit values win
+    assert resolve_preprocess("x", image_size=64).image_size == 64
 
 
 def test_fc_named_classifier_maps_to_linear(nets):

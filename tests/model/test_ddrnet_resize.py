@@ -6,10 +6,10 @@ from __future__ import annotations
 import mindspore as ms
 import numpy as np
 import pytest
-from ddrnet_testutil import images, ms_mode
 from mindspore import Tensor, nn, ops
 
 from model.layers import bilinear_matrix, resize_bilinear_like
+from tests.support.ddrnet_testutil import images, ms_mode
 
 SIZES = [((7, 7), (28, 28)), ((14, 14), (28, 28)), ((2, 3), (8, 12)), ((3, 5), (12, 20)), ((8, 8), (3, 5))]
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import mindspore as ms
 import numpy as np
 import pytest
-import zoo_reference
-from ddrnet_testutil import assert_logits_close, images, ms_mode, reference
 
 from model import create_model, load_checkpoint, load_zoo_checkpoint
 from model.weights import WeightLoadError
+from tests.support import zoo_reference
+from tests.support.ddrnet_testutil import assert_logits_close, images, ms_mode, reference
 
 IMAGE = 64  # the zoo network upsamples to a fixed image_size // 8; any multiple of 32 exercises it
 

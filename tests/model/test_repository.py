@@ -13,21 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from model import manifest as manifest_mod
 from model import repository as repo_mod
-from model.repository import (
-    FileChecksum,
-    IncompleteVersionError,
-    ManifestError,
-    ModelManifest,
-    TensorSpec,
-    VersionExistsError,
-)
+from model.manifest import FileChecksum, ManifestError, ModelManifest, TensorSpec
+from model.repository import IncompleteVersionError, VersionExistsError
 
 PREPROCESS = {
     "image_size": 32,
     "crop_pct": 0.875,
     "interpolation": "bicubic",
-    "resize_mode": "square",
+    "resize_mode": "squash",
     "mean": [0.485, 0.456, 0.406],
     "std": [0.229, 0.224, 0.225],
 }
@@ -57,7 +52,7 @@ def _manifest(name: str = "demo", version: int = 1, files: dict[str, bytes] | No
             k: FileChecksum(hashlib.sha256(v).hexdigest(), len(v)) for k, v in files.items()
         },
         source_checkpoint_sha256="0" * 64,
-        created_at=repo_mod.utc_now_iso(),
+        created_at=manifest_mod.utc_now_iso(),
         verification={"onnx": {"max_abs_diff": 1e-6, "top1_agreement": 1.0, "tolerance": 1e-3}},
         exporter={"mindspore": "2.10.0"},
     )
@@ -68,7 +63,7 @@ def _write_version(directory: Path, manifest: ModelManifest, files: dict[str, by
     directory.mkdir(parents=True, exist_ok=True)
     for filename, data in files.items():
         (directory / filename).write_bytes(data)
-    repo_mod.write_manifest(directory, manifest)
+    manifest_mod.write_manifest(directory, manifest)
     return directory
 
 
@@ -104,9 +99,11 @@ def test_manifest_round_trip_and_views():
         (lambda d: d.update(num_classes=True), "'num_classes' must be a positive integer"),
         (lambda d: d.update(labels=["a", "b"]), "'labels' has 2 entries but num_classes is 3"),
         (lambda d: d.update(weight_variant="timm"), "'weight_variant' must be one of"),
-        (lambda d: d["preprocess"].pop("crop_pct"), "'preprocess.crop_pct' is missing"),
-        (lambda d: d["preprocess"].update(std=[0.2, 0.0, 0.2]), "'preprocess.std' must be positive"),
-        (lambda d: d["preprocess"].update(mean=[0.5]), "'preprocess.mean' must be a list of 3 numbers"),
+        (lambda d: d["preprocess"].pop("crop_pct"), "preprocess lacks \\['crop_pct'\\]"),
+        (lambda d: d["preprocess"].update(std=[0.2, 0.0, 0.2]), "preprocess.std must be positive"),
+        (lambda d: d["preprocess"].update(mean=[0.5]), "preprocess.mean must be 3 finite numbers"),
+        (lambda d: d["preprocess"].update(resize_mode="square"), "preprocess.resize_mode must be one of"),
+        (lambda d: d["preprocess"].update(gamma=2.2), "preprocess has unknown keys \\['gamma'\\]"),
         (lambda d: d["input"].update(shape=[1, 3, 32, 32]), "'input.shape' must be \\[-1, ...positive"),
         (lambda d: d["input"].update(shape=[-1, 3, 64, 64]), "'input.shape' must be \\[-1, 3, 32, 32\\]"),
         (lambda d: d["output"].update(shape=[-1, 10]), "'output.shape' must be \\[-1, 3\\]"),
@@ -284,18 +281,19 @@ PY37 = Path(os.path.expanduser("~/.pyenv/versions/3.7.16/bin/python"))
 
 
 def test_repository_module_reads_under_python37(tmp_path):
-    """The Lite worker runs under Python 3.7 and reads manifests with this module."""
+    """The Lite worker runs under Python 3.7: model.manifest and model.repository import there."""
     if not PY37.exists():
         pytest.skip(f"no Python 3.7 interpreter at {PY37}")
     _write_version(tmp_path / "demo" / "1", _manifest(version=1))
     root = Path(repo_mod.__file__).resolve().parents[1]
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from model import repository as r; "
-        "v = r.newest_complete_version(sys.argv[2], 'demo'); "
-        "m = r.load_manifest(r.version_dir(sys.argv[2], 'demo', v)); print(v, m.arch, m.input.shape)"
+        "import sys; from model import repository as r; "
+        "v = r.newest_complete_version(sys.argv[1], 'demo'); "
+        "m = r.load_manifest(r.version_dir(sys.argv[1], 'demo', v)); print(v, m.arch, m.input.shape)"
     )
     out = subprocess.run(
-        [str(PY37), "-c", code, str(root), str(tmp_path)], capture_output=True, text=True, timeout=60
+        [str(PY37), "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "ddrnet23_slim", "[-1,", "3,", "32,", "32]"]

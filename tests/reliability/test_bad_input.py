@@ -9,10 +9,10 @@ from __future__ import annotations
 import grpc
 import httpx
 import pytest
-import reliability_fixtures as rf
-from bad_input_cases import SERVER_ARGS, SURFACES, VALID, Client, Row, has_traceback, rows
 
 from protos import classify_pb2
+from tests.support import reliability_fixtures as rf
+from tests.support.bad_input_cases import SERVER_ARGS, SURFACES, VALID, Client, Row, has_traceback, rows
 
 ROWS = rows()
 

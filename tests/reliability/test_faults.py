@@ -27,10 +27,11 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import reliability_fixtures as rf
 
+from model import manifest as mf
 from model import repository as repo
 from protos import classify_pb2, classify_pb2_grpc
+from tests.support import reliability_fixtures as rf
 
 
 def start(tmp_path, *args: str, delay_ms: float = 20.0) -> rf.SlowServer:
@@ -110,9 +111,9 @@ def _corrupt_copy(repository, source_version: int, version: int) -> None:
     data = bytearray((source / "model.onnx").read_bytes())
     data[0] ^= 0xFF  # same size, different SHA-256
     (staging / "model.onnx").write_bytes(bytes(data))
-    manifest = repo.load_manifest(source)
+    manifest = mf.load_manifest(source)
     manifest.version = version
-    repo.write_manifest(staging, manifest)
+    mf.write_manifest(staging, manifest)
     os.rename(staging, repo.model_dir(repository, rf.MODEL) / str(version))
 
 
@@ -120,7 +121,7 @@ def _half_written(repository, version: int) -> None:
     """A version directory written in place, caught half way: model.json cut short, no model file."""
     vdir = repo.model_dir(repository, rf.MODEL) / str(version)
     vdir.mkdir()
-    text = repo.load_manifest(repo.version_dir(repository, rf.MODEL, 1)).to_json()
+    text = mf.load_manifest(repo.version_dir(repository, rf.MODEL, 1)).to_json()
     (vdir / "model.json").write_text(text[: len(text) // 2])
 
 

@@ -24,15 +24,15 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import reliability_fixtures as rf
-from bad_input_cases import BINARY_HEADER, IMAGES, has_traceback
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
 
 from protos import classify_pb2, grpc_service_pb2
-from server import grpc_api, http_api, oip_codec
+from server import grpc_api, http_codec, oip_codec
 from server.errors import ErrorKind, ServingError
+from tests.support import reliability_fixtures as rf
+from tests.support.bad_input_cases import BINARY_HEADER, IMAGES, has_traceback
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow on damaged metadata
 
@@ -192,7 +192,7 @@ def request_for(headers: dict[str, str], body: bytes = b"") -> Request:
 @given(body=classify_json_bodies())
 def test_classify_json_body_parser_and_core(core, body: bytes) -> None:
     try:
-        images, top_k = http_api._classify_json_body(body)
+        images, top_k = http_codec._classify_json_body(body)
     except Exception as exc:  # the property: only documented errors escape
         check_error(exc, CLIENT_KINDS)
         return
@@ -211,7 +211,7 @@ def test_multipart_parser(core, part: tuple[str, bytes]) -> None:
     content_type, body = part
     request = request_for({"content-type": content_type}, body)
     try:
-        images, top_k = core.run(http_api._classify_multipart(request, body, 4))
+        images, top_k = core.run(http_codec._classify_multipart(request, body, 4))
     except Exception as exc:
         check_error(exc, CLIENT_KINDS)
         return
@@ -234,7 +234,7 @@ def test_body_reader_with_content_encoding(core, data: bytes, encoding: str, com
     if declared is not None:
         headers["content-length"] = declared
     try:
-        out = core.run(http_api.read_body(request_for(headers, body), 4096))
+        out = core.run(http_codec.read_body(request_for(headers, body), 4096))
     except Exception as exc:
         check_error(exc, CLIENT_KINDS)
         return
@@ -246,15 +246,15 @@ def test_body_reader_with_content_encoding(core, data: bytes, encoding: str, com
 def test_oip_rest_parser_and_core(core, part: tuple[bytes, str | None]) -> None:
     body, header = part
     try:
-        parsed, binary_outputs, requested, inputs = http_api._parse_infer(body, header)
-        http_api._oip_timeout(parsed.parameters)
+        parsed, binary_outputs, requested, inputs = http_codec._parse_infer(body, header)
     except Exception as exc:
         check_error(exc, CLIENT_KINDS)
         return
     try:
         response = core.run(core.core.infer(model=rf.MODEL, version=None, inputs=inputs, outputs=requested,
-                                            request_id=parsed.id or "", protocol="http"))
-        http_api._infer_response(response, binary_outputs)
+                                            parameters=parsed.parameters, request_id=parsed.id or "",
+                                            protocol="http"))
+        http_codec.infer_response(response, binary_outputs)
     except Exception as exc:
         check_error(exc, CORE_KINDS)
         return
@@ -315,14 +315,14 @@ def infer_messages(draw) -> Any:
 def test_grpc_infer_decoding_and_core(core, message: Any) -> None:
     try:
         inputs = grpc_api._decode_inputs(message)
-        grpc_api._oip_timeout(message.parameters)
+        parameters = grpc_api.parameter_values(message.parameters)
     except Exception as exc:
         check_error(exc, CLIENT_KINDS)
         return
     try:
         response = core.run(core.core.infer(
             model=message.model_name, version=message.model_version or None, inputs=inputs,
-            outputs=[o.name for o in message.outputs] or None, protocol="grpc"))
+            outputs=[o.name for o in message.outputs] or None, parameters=parameters, protocol="grpc"))
         grpc_api._infer_proto(response)
     except Exception as exc:
         check_error(exc, CORE_KINDS)

@@ -1,5 +1,5 @@
 """Overload, end to end on a real ``ddrnet serve`` whose model instance is slow (the synthetic model of
-benchmarks/rf.slow_runtime.py: a known time per batch, real worker processes):
+tests/support/slow_runtime.py: a known time per batch, real worker processes):
 
 - a burst of 10x the capacity (queue + batch in flight), over HTTP and gRPC at once: the excess is
   refused with 503 + Retry-After / UNAVAILABLE + grpc-retry-pushback-ms before any decoding (the
@@ -19,9 +19,9 @@ import time
 import grpc
 import httpx
 import pytest
-import reliability_fixtures as rf
 
 from protos import classify_pb2, classify_pb2_grpc
+from tests.support import reliability_fixtures as rf
 
 DELAY_MS = 250.0
 BATCH = 2

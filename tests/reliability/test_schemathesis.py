@@ -14,9 +14,10 @@ not an image is rightly a 400.
 from __future__ import annotations
 
 import pytest
-import reliability_fixtures as rf
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
+
+from tests.support import reliability_fixtures as rf
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis (the dev extra) is not installed")
 from schemathesis import GenerationMode  # noqa: E402

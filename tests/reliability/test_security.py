@@ -37,11 +37,11 @@ from typing import Any, ClassVar
 import grpc
 import httpx
 import pytest
-import reliability_fixtures as rf
 
 from model import repository as repo
 from protos import classify_pb2, classify_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
 from server.errors import ErrorKind, ServingError
+from tests.support import reliability_fixtures as rf
 
 # -- audit hook ---------------------------------------------------------------------------------------------
 
@@ -276,7 +276,6 @@ def test_checkpoint_loading_is_protobuf_and_refuses_a_pickle(tmp_path) -> None:
     marker = tmp_path / "payload-ran"
     script = f"""
 import os, pickle, sys
-sys.path.insert(0, {str(rf.REPO_ROOT)!r})
 import mindspore as ms
 from mindspore import nn
 from model.weights import WeightLoadError, read_checkpoint
@@ -298,7 +297,7 @@ print("CONTROL", sorted(set(events)))
 """
     (tmp_path / "evil.ckpt").write_bytes(pickle.dumps(Payload(str(marker))))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "GLOG_v": "3"})
+                          env={**os.environ, "GLOG_v": "3", "PYTHONPATH": str(rf.REPO_ROOT)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert any(line.startswith("REFUSED cannot read checkpoint") for line in lines), proc.stdout

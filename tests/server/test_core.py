@@ -10,12 +10,12 @@ import time
 
 import numpy as np
 import pytest
-import server_fixtures as sf
 
 from server.core import InferInput
 from server.errors import ErrorKind, ServingError
 from server.model_manager import IMAGES_INPUT
 from server.postprocess import check_top_k, softmax, top_k
+from tests.support import server_fixtures as sf
 
 
 def run(coro, timeout: float = 60.0):

@@ -25,12 +25,12 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import server_fixtures as sf
 
-from model import repository as repo
-from model.preprocess import EvalTransform, PreprocessConfig
+from model import manifest as mf
+from model.preprocess import EvalTransform
 from protos import classify_pb2, classify_pb2_grpc
 from server.postprocess import softmax
+from tests.support import server_fixtures as sf
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +40,6 @@ ATOL = 1e-4
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def slim_repository(tmp_path_factory) -> Path:
-    return sf.cached_slim_repository(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +53,10 @@ class Reference:
     def __init__(self, version_dir: Path) -> None:
         import onnxruntime as ort
 
-        manifest = repo.load_manifest(version_dir)
+        manifest = mf.load_manifest(version_dir)
         self.labels = manifest.labels
         self.images = sf.photos()
-        self.transform = EvalTransform(PreprocessConfig.from_dict(dict(manifest.preprocess)))
+        self.transform = EvalTransform(manifest.preprocess)
         self.tensor = self.transform.batch(self.images)
         session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
         self.logits = session.run(None, {manifest.input.name: self.tensor})[0]

@@ -108,16 +108,16 @@ def test_real_decode_failure_maps_to_400() -> None:
     assert errors.http_status(mapped) == 400 and "decode" in mapped.message
 
 
-def test_importable_under_python37_without_grpc() -> None:
-    """Worker processes may run Python 3.7 (MindSpore Lite) and import server.errors there."""
+def test_error_kinds_importable_under_python37() -> None:
+    """Worker processes may run Python 3.7 (MindSpore Lite) and import inference.errors there."""
     python37 = shutil.which("python3.7") or "/root/.pyenv/versions/3.7.16/bin/python3.7"
     if not os.access(python37, os.X_OK):
         pytest.skip("no Python 3.7 interpreter on this machine")
     code = (
-        "import sys, pickle, server.errors as e\n"
+        "import sys, pickle, inference.errors as e\n"
         "err = e.ServingError(e.ErrorKind.QUEUE_FULL, 'full', retry_after_s=0.5)\n"
-        "assert e.http_status(err) == 503 and e.http_headers(err) == {'Retry-After': '1'}\n"
-        "assert pickle.loads(pickle.dumps(err)).kind is e.ErrorKind.QUEUE_FULL\n"
+        "back = pickle.loads(pickle.dumps(err))\n"
+        "assert back.kind is e.ErrorKind.QUEUE_FULL and back.retry_after_s == 0.5\n"
         "assert 'grpc' not in sys.modules and 'numpy' not in sys.modules\n"
     )
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO), "PYENV_VERSION": "3.7.16"}

@@ -13,12 +13,12 @@ import struct
 import grpc
 import numpy as np
 import pytest
-import server_fixtures as sf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from protos import classify_pb2, classify_pb2_grpc, grpc_service_pb2, grpc_service_pb2_grpc
 from server.grpc_api import CLASSIFY_SERVICE, INFERENCE_SERVICE, HealthReporter, create_server
+from tests.support import server_fixtures as sf
 
 Tensor = grpc_service_pb2.ModelInferRequest.InferInputTensor
 

@@ -18,10 +18,11 @@ import types
 import httpx
 import numpy as np
 import pytest
-import server_fixtures as sf
 from PIL import Image
 
-from server.http_api import BINARY_HEADER, _until_disconnect, create_app
+from server.http_api import _until_disconnect, create_app
+from server.http_schemas import BINARY_HEADER
+from tests.support import server_fixtures as sf
 
 
 def run(coro, timeout: float = 60.0):

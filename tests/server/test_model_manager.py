@@ -4,18 +4,19 @@ broken versions kept out (logged + counted), a vanishing repository, start-up er
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
 
 import numpy as np
 import pytest
-import server_fixtures as sf
 
 from model import repository as repo
 from server.core import InferInput
 from server.errors import ErrorKind, ServingError
 from server.model_manager import StartupError, warmup_batch_sizes
+from tests.support import server_fixtures as sf
 
 
 def run(coro, timeout: float = 90.0):
@@ -136,12 +137,15 @@ def test_a_version_that_fails_to_load_is_never_served(tmp_path) -> None:
     async def main():
         async with sf.started_core(sf.settings_for(tmp_path)) as core:
             manager = core.manager
-            sf.make_fake_version(tmp_path, "fake", 2, preprocess={"interpolation": "sideways"})
+            broken = sf.make_fake_version(tmp_path, "fake", 2)
+            data = json.loads((broken / "model.json").read_text())
+            data["preprocess"]["interpolation"] = "sideways"
+            (broken / "model.json").write_text(json.dumps(data))
             await manager.poll_once()
             await manager.poll_once()  # not retried: counted once
             assert manager.get("fake").current.version == "1"
             assert sf.sample(core.metrics, "ddrnet_model_load_failures_total", model="fake",
-                             reason="invalid_preprocess") == 1
+                             reason="incomplete") == 1
             assert (await core.classify([red()], model="fake", protocol="http")).version == "1"
             # A later good version is picked up past the broken one.
             sf.make_fake_version(tmp_path, "fake", 3)
@@ -208,7 +212,8 @@ def test_a_model_that_cannot_load_at_start_is_a_startup_error(tmp_path) -> None:
 
     async def main():
         with pytest.raises(StartupError, match="model 'fake' could not be loaded"):
-            async with sf.started_core(sf.settings_for(tmp_path), runtime="fake_runtimes:NoSuchRuntime"):
+            missing = "tests.support.fake_runtimes:NoSuchRuntime"
+            async with sf.started_core(sf.settings_for(tmp_path), runtime=missing):
                 pass
 
     run(main())

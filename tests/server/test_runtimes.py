@@ -10,21 +10,23 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import runtime_fixtures as rf
 
-from server.runtimes import auto_candidates, create_runtime, select_runtime
-from server.runtimes.base import ModelFileError, RuntimeUnavailableError, check_device
+from inference.runtimes import auto_candidates, create_runtime, select_runtime
+from inference.runtimes.base import ModelFileError, RuntimeUnavailableError, check_device
+from model.manifest import ModelManifest, load_manifest
+from tests.support import runtime_fixtures as rf
 
 ATOL = 1e-3  # logits of about 10: relative 1e-4
 
 
 @pytest.fixture(scope="module")
-def version(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return rf.cached_version(tmp_path_factory)
+def version(tiny_version: str) -> str:
+    return tiny_version
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +39,8 @@ def images(version: str) -> np.ndarray:
     return np.load(os.path.join(version, "images.npy"))
 
 
-def _manifest(version_dir: str) -> dict:
-    with open(os.path.join(version_dir, "model.json")) as f:
-        return json.load(f)
+def _manifest(version_dir: str) -> ModelManifest:
+    return load_manifest(version_dir)
 
 
 def assert_matches(logits: dict[int, np.ndarray], reference: np.ndarray) -> None:
@@ -52,9 +53,7 @@ def assert_matches(logits: dict[int, np.ndarray], reference: np.ndarray) -> None
 
 def _copy_version(src: str, dst: Path, files: dict) -> str:
     shutil.copytree(src, dst)
-    man = _manifest(src)
-    man["files"] = files
-    (dst / "model.json").write_text(json.dumps(man))
+    rf.write_version_manifest(str(dst), files)
     return str(dst)
 
 
@@ -64,8 +63,9 @@ def _copy_version(src: str, dst: Path, files: dict) -> str:
 def test_auto_choice_imports_no_runtime_library(version: str) -> None:
     code = (
         "import json, sys\n"
-        "from server.runtimes import select_runtime\n"
-        f"man = json.load(open({os.path.join(version, 'model.json')!r}))\n"
+        "from inference.runtimes import select_runtime\n"
+        "from model.manifest import load_manifest\n"
+        f"man = load_manifest({version!r})\n"
         f"name = select_runtime('auto', {version!r}, man)\n"
         "heavy = [m for m in ('onnxruntime', 'mindspore', 'mindspore_lite') if m in sys.modules]\n"
         "print(json.dumps([name, heavy]))\n"
@@ -90,7 +90,7 @@ def test_auto_without_onnx_falls_back_to_mindspore(version: str, tmp_path: Path)
 def test_unknown_runtime_or_device_is_a_clear_error(version: str) -> None:
     with pytest.raises(ValueError, match="unknown runtime 'tensorrt'"):
         select_runtime("tensorrt", version, _manifest(version))
-    with pytest.raises(ValueError, match=r"does not name a server\.runtimes\.base\.Runtime"):
+    with pytest.raises(ValueError, match=r"does not name a Runtime subclass"):
         create_runtime("json:JSONDecoder")
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         check_device("tpu", 0)
@@ -206,9 +206,11 @@ def test_lite_py37_runs_a_lite_file_from_the_version(
     cache = tmp_path / "lite-cache"
     options = {"cache_dir": str(cache)}
     rf.run_runtime(lite_python, "lite", version, str(tmp_path / "o.npz"), options, sizes=(1,))
-    vdir = _copy_version(version, tmp_path / "v", {"lite": "model.ms", "fixed_batch": {}})
+    vdir = str(tmp_path / "v")
+    shutil.copytree(version, vdir)
     shutil.copy(next(cache.iterdir()), os.path.join(vdir, "model.ms"))
     os.unlink(os.path.join(vdir, "model.onnx"))
+    rf.write_version_manifest(vdir, {"lite": "model.ms"})
     options = {"cache_dir": str(tmp_path / "c2")}
     res = rf.run_runtime(lite_python, "lite", vdir, str(tmp_path / "o2.npz"), options)
     assert res["describe"]["source"] == "lite" and res["describe"]["file"] == "model.ms"
@@ -242,9 +244,10 @@ def test_worker_side_modules_are_python37_syntax() -> None:
     if python is None:
         pytest.skip("no Python 3.7 interpreter on this machine")
     root = Path(rf.REPO)
-    files = [*sorted((root / "server" / "runtimes").glob("*.py")),
-             *(root / "server" / n for n in ("shm.py", "worker_protocol.py", "worker_main.py", "errors.py",
-                                            "__init__.py"))]
+    ruff = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["ruff"]
+    globs = [g for g, target in ruff["per-file-target-version"].items() if target == "py37"]
+    files = sorted({p for g in globs for p in root.glob(g)})
+    assert any(p.name == "worker_main.py" for p in files) and len(files) >= 12
     code = "import sys\nfor f in sys.argv[1:]: compile(open(f).read(), f, 'exec')"
     proc = subprocess.run([python, "-c", code, *map(str, files)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

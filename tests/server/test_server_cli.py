@@ -7,7 +7,8 @@ import argparse
 
 import pytest
 
-from server import cli
+from cli import serve as cli
+from cli.main import main as ddrnet
 from server.settings import ServerSettings
 
 
@@ -55,7 +56,7 @@ def test_values_reach_the_settings(tmp_path, monkeypatch) -> None:
     ],
 )
 def test_bad_values_are_one_line_naming_the_option(tmp_path, capsys, argv, message) -> None:
-    assert cli.main(["--model-repository", str(tmp_path), *argv]) == 2
+    assert ddrnet(["serve", "--model-repository", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ddrnet serve: error: ")
     assert message in err[0]
@@ -63,13 +64,14 @@ def test_bad_values_are_one_line_naming_the_option(tmp_path, capsys, argv, messa
 
 def test_missing_repository_and_bad_config(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.delenv("DDRNET_MODEL_REPOSITORY", raising=False)
-    assert cli.main([]) == 2
+    assert ddrnet(["serve"]) == 2
     assert "--model-repository (or DDRNET_MODEL_REPOSITORY) is required" in capsys.readouterr().err
-    assert cli.main(["--model-repository", str(tmp_path / "nope")]) == 2
+    assert ddrnet(["serve", "--model-repository", str(tmp_path / "nope")]) == 2
     assert "is not a directory" in capsys.readouterr().err
     config = tmp_path / "bad.yaml"
     config.write_text("max_batch: 3\n")
-    assert cli.main(["--model-repository", str(tmp_path), "--config", str(config)]) == 2
+    assert ddrnet(["serve", "--model-repository", str(tmp_path), "--config", str(config)]) == 2
     assert "config key 'max_batch'" in capsys.readouterr().err
-    assert cli.main(["--model-repository", str(tmp_path), "--config", str(tmp_path / "none.yaml")]) == 2
+    missing = tmp_path / "none.yaml"
+    assert ddrnet(["serve", "--model-repository", str(tmp_path), "--config", str(missing)]) == 2
     assert "--config" in capsys.readouterr().err

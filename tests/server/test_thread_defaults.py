@@ -1,7 +1,7 @@
-"""server.settings.derive_defaults: on a CPU one instance with every core as threads (more instances
-past MAX_DEFAULT_THREADS cores), one single-threaded instance per core for a Lite 2.0 worker under
-runtime_python, one instance with every core on accelerators, and explicit values win with the rest
-derived from them."""
+"""The placement rule (inference.placement.derive_placement, applied by server.settings): on a CPU one
+instance with every core as threads (more instances past MAX_DEFAULT_THREADS cores), one single-threaded
+instance per core for a Lite 2.0 worker under runtime_python, one instance with every core on
+accelerators, and explicit values win with the rest derived from them."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import sys
 
 import pytest
 
-from server import settings as settings_module
-from server.settings import MAX_DEFAULT_INSTANCES, MAX_DEFAULT_THREADS, ServerSettings
+from inference import placement as placement_module
+from inference.placement import MAX_DEFAULT_INSTANCES, MAX_DEFAULT_THREADS
+from server.settings import ServerSettings
 
 
 @pytest.fixture
 def cores(monkeypatch):
     def set_cores(n: int) -> None:
-        monkeypatch.setattr(settings_module, "available_cores", lambda: n)
+        monkeypatch.setattr(placement_module, "available_cores", lambda: n)
 
     return set_cores
 

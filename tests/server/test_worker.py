@@ -17,19 +17,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-import runtime_fixtures as rf
-from fake_runtimes import FAIL, HANG
 
+from inference.shm import ShmArray
+from inference.worker_client import WorkerInstance
+from inference.worker_main import Worker
+from inference.worker_protocol import ProtocolError, decode_body, decode_length, encode
+from model.manifest import ModelManifest, load_manifest
 from server.errors import ErrorKind, ServingError
-from server.shm import ShmArray
-from server.worker_client import WorkerInstance
-from server.worker_main import Worker
-from server.worker_protocol import ProtocolError, decode_body, decode_length, encode
+from tests.support import runtime_fixtures as rf
+from tests.support.fake_runtimes import FAIL, HANG, fake_manifest
 
-FAKE = "fake_runtimes:FakeRuntime"
+FAKE = "tests.support.fake_runtimes:FakeRuntime"
 HERE = os.path.dirname(os.path.abspath(__file__))
-FAKE_MANIFEST = {"name": "fake", "version": 1, "num_classes": 3, "input": {"shape": [-1, 3, 4, 4]},
-                 "output": {"shape": [-1, 3]}}
+FAKE_MANIFEST = fake_manifest()
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 180.0) -> Any:
@@ -37,14 +37,13 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 180.0) -> Any:
 
 
 @pytest.fixture(scope="module")
-def version(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return rf.cached_version(tmp_path_factory)
+def version(tiny_version: str) -> str:
+    return tiny_version
 
 
 @pytest.fixture(scope="module")
-def manifest(version: str) -> dict:
-    with open(os.path.join(version, "model.json")) as f:
-        return json.load(f)
+def manifest(version: str) -> ModelManifest:
+    return load_manifest(version)
 
 
 @pytest.fixture
@@ -56,7 +55,7 @@ def shm_dir(tmp_path: Path) -> Path:
 
 def fake_instance(tmp_path: Path, shm_dir: Path, **kwargs: Any) -> WorkerInstance:
     kwargs.setdefault("max_batch_size", 4)
-    return WorkerInstance(tmp_path, FAKE_MANIFEST, runtime=FAKE, extra_pythonpath=[HERE],
+    return WorkerInstance(tmp_path, FAKE_MANIFEST, runtime=FAKE,
                           shm_dir=str(shm_dir), backoff_s=(0.05, 0.5), **kwargs)
 
 
@@ -78,7 +77,7 @@ async def wait_ready(inst: WorkerInstance, limit_s: float = 60.0) -> None:
 
 
 def test_onnxruntime_worker_results_through_shared_memory(
-    version: str, manifest: dict, shm_dir: Path
+    version: str, manifest: ModelManifest, shm_dir: Path
 ) -> None:
     images = np.load(os.path.join(version, "images.npy"))
     reference = np.load(os.path.join(version, "reference.npy"))
@@ -120,7 +119,9 @@ def test_onnxruntime_worker_results_through_shared_memory(
     run(scenario())
 
 
-def test_lite_worker_under_python37(version: str, manifest: dict, shm_dir: Path, tmp_path: Path) -> None:
+def test_lite_worker_under_python37(
+    version: str, manifest: ModelManifest, shm_dir: Path, tmp_path: Path
+) -> None:
     python, why = rf.lite_python()
     if python is None:
         pytest.skip(f"MindSpore Lite worker test skipped: {why}")
@@ -243,7 +244,9 @@ def test_library_output_on_stdout_does_not_break_the_protocol(tmp_path: Path, sh
 # -- start-up errors and resources ---------------------------------------------------------------------
 
 
-def test_bad_device_or_runtime_is_a_clear_start_error(version: str, manifest: dict, shm_dir: Path) -> None:
+def test_bad_device_or_runtime_is_a_clear_start_error(
+    version: str, manifest: ModelManifest, shm_dir: Path
+) -> None:
     async def start_error(**kwargs: Any) -> ServingError:
         inst = WorkerInstance(version, manifest, shm_dir=str(shm_dir), **kwargs)
         with pytest.raises(ServingError) as info:
@@ -277,7 +280,7 @@ def test_shared_memory_array_maps_across_processes_and_unlinks(shm_dir: Path) ->
     arr = ShmArray.create((2, 3), "float32", str(shm_dir))
     arr.array[:] = np.arange(6, dtype=np.float32).reshape(2, 3)
     code = (
-        "import sys, json\nfrom server.shm import ShmArray\n"
+        "import sys, json\nfrom inference.shm import ShmArray\n"
         "a = ShmArray.from_spec(json.loads(sys.argv[1]))\nprint(a.array.sum())\na.array[1] = -1\na.close()\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(arr.spec())], capture_output=True,
@@ -309,7 +312,7 @@ def test_worker_answers_bad_requests_and_exits_with_its_server() -> None:
     with pytest.raises(ProtocolError):
         decode_length(b"\xff\xff\xff\xff")
     # A worker whose server goes away (stdin closes) exits by itself.
-    proc = subprocess.Popen([sys.executable, "-m", "server.worker_main"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "inference.worker_main"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=rf.REPO), cwd=rf.REPO)
     assert proc.stdin is not None
     proc.stdin.close()

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-import training.cli_data as cli_data
+import cli.data as cli_data
 import training.digits as digits_module
 from cli.errors import CliError
 from model.labels import read_labels_file

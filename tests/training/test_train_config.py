@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from train_testutil import CONFIGS
 
+from tests.support.train_testutil import CONFIGS
 from training.config import ConfigError, load_config, parse_overrides, validate_config
 
 RECIPE_KEYS = [

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import pytest
-from train_testutil import make_image_folder
 
+from tests.support.train_testutil import make_image_folder
 from training.config import validate_config
 from training.data import (
     BadImageLog,

@@ -11,7 +11,8 @@ import shutil
 
 import numpy as np
 import pytest
-from train_testutil import ddrnet, make_image_folder, tiny_config
+
+from tests.support.train_testutil import ddrnet, make_image_folder, tiny_config
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,8 @@ import signal
 import time
 
 import pytest
-from train_testutil import ddrnet, ddrnet_popen, make_image_folder, tiny_config
+
+from tests.support.train_testutil import ddrnet, ddrnet_popen, make_image_folder, tiny_config
 
 pytestmark = pytest.mark.slow
 

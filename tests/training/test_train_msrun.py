@@ -7,7 +7,8 @@ import socket
 import subprocess
 
 import pytest
-from train_testutil import REPO, cli_env, make_image_folder, tiny_config
+
+from tests.support.train_testutil import REPO, cli_env, make_image_folder, tiny_config
 
 pytestmark = pytest.mark.slow
 
