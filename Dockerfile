@@ -36,9 +36,11 @@ WORKDIR /src
 # Only what `pip install .` needs: the build configuration and the packages pyproject.toml lists.
 COPY pyproject.toml README.md ./
 COPY model/ model/
+COPY inference/ inference/
 COPY training/ training/
 COPY server/ server/
 COPY clients/ clients/
+COPY ops/ ops/
 COPY protos/ protos/
 COPY cli/ cli/
 

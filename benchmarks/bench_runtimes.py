@@ -11,7 +11,7 @@ Every (architecture, runtime, thread count) is measured in a fresh process, one 
 workers run (``inference.runtimes``): import + load time, the first batch, then img/s at 224x224 per
 batch size (one warm-up batch, then batches for at least ``--seconds``), and the process's peak
 RSS. The table reports, per batch size, the best thread setting (the threads the runtime actually
-used: MindSpore Lite 2.0.x always runs one, see ``server/runtimes/lite_rt.py``). Prints Markdown;
+used: MindSpore Lite 2.0.x always runs one, see ``inference/runtimes/lite_rt.py``). Prints Markdown;
 ``--json`` saves everything.
 
 The child part of this file runs under Python 3.7 too, so the whole file keeps 3.7 syntax.

@@ -3,7 +3,7 @@ and a slow model instance, then a bounded run to show it serves at full rate aga
 
 What it does (every request bounded by a client timeout):
 
-1. starts ``ddrnet serve`` on the synthetic model of ``benchmarks/slow_runtime.py`` (each batch takes
+1. starts ``ddrnet serve`` on the synthetic model of ``tests/support/slow_runtime.py`` (each batch takes
    ``--delay-ms``; real worker processes, batcher, HTTP and gRPC front ends) or, with ``--repository``,
    the real server on a real exported model;
 2. a warm-up, then a *before* run: ``--recovery`` requests at a concurrency the queue holds;

@@ -1,5 +1,7 @@
-"""Clients of ddrnet-serve: HTTP and gRPC client libraries (blocking and asyncio), typed results and
-exceptions, and the ``ddrnet classify`` / ``ddrnet bench`` / ``ddrnet eval --server`` tools.
+"""The client library of ddrnet-serve: HTTP and gRPC clients (blocking and asyncio), typed results and
+exceptions. A standalone library to install beside an application: it imports none of the server,
+runtime or model code (only the generated ``protos``); the command-line tools built on it live in
+``cli`` and ``ops``.
 
     from clients import HttpClient, GrpcClient
 

@@ -1,6 +1,6 @@
-"""The inference server: dynamic batching, worker-process runtimes, HTTP and gRPC front ends, metrics.
+"""The inference server: settings, the protocol-free service core, dynamic batching, the model manager
+(repository → served versions, hot swap, drain), HTTP and gRPC front ends, metrics.
 
-Importing this package imports nothing: worker processes (possibly another Python, e.g. 3.7 for
-MindSpore Lite) import single modules such as ``server.errors`` without pulling in the server's
-dependencies.
+Model instances run in worker processes of the runtime layer (``inference``); this package decides
+what runs where and answers the protocols. Importing the package imports nothing.
 """

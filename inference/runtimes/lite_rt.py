@@ -112,8 +112,10 @@ def convert_model(mslite: Any, source: str, fmk: str, output_path: str) -> str:
         raise ValueError(f"cannot convert from {fmk!r}: expected one of {FMK_TYPES}")
     out_dir = os.path.dirname(os.path.abspath(output_path))
     os.makedirs(out_dir, exist_ok=True)
-    # The converter appends ".mindir" (or ".ms") to the name it is given.
-    tmp_base = os.path.join(out_dir, f".converting-{os.getpid()}-{os.path.basename(output_path)}")
+    # The converter appends ".mindir" (or ".ms") to the name it is given, and rewrites a name that
+    # already ends in one of those: give it a name without dots.
+    stem = os.path.basename(output_path).replace(".", "_")
+    tmp_base = os.path.join(out_dir, f".converting-{os.getpid()}-{stem}")
     converter = mslite.Converter()
     if hasattr(converter, "save_type"):  # the cloud-inference packages run MindIR, not .ms flatbuffers
         converter.save_type = mslite.ModelType.MINDIR

@@ -148,10 +148,8 @@ def test_served_ddrnet_equals_offline_ddrnet_eval(tmp_path):
     with ServerProcess(repository) as server:
         over_http = json.loads(_ddrnet("eval", "--server", server.http, "--data", str(data / "val"),
                                        "--json").stdout)
-        over_oip = json.loads(subprocess.run(
-            [sys.executable, "-m", "ops.eval_server", "--server", server.grpc, "--protocol", "oip-grpc",
-             "--model", "digits", "--data", str(data / "val"), "--json"],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True).stdout)
+        over_oip = json.loads(_ddrnet("eval", "--server", server.grpc, "--protocol", "oip-grpc", "--model",
+                                      "digits", "--data", str(data / "val"), "--json").stdout)
     assert offline["images"] == over_http["images"] == over_oip["images"] > 50
     for through in (over_http, over_oip):
         assert through["skipped_images"] == 0

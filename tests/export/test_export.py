@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,7 @@ def test_export_publishes_a_verified_version(checkpoint, tmp_path):
     assert (m.arch, m.num_classes, m.weight_variant) == ("ddrnet23_slim", NUM_CLASSES, "zoo")
     assert m.labels == [f"class_{i}" for i in range(NUM_CLASSES)]
     assert m.input.shape == [-1, 3, IMAGE_SIZE, IMAGE_SIZE] and m.output.shape == [-1, NUM_CLASSES]
-    assert m.preprocess["image_size"] == IMAGE_SIZE and m.preprocess["resize_mode"] == "squash"
+    assert m.preprocess.image_size == IMAGE_SIZE and m.preprocess.resize_mode == "squash"
     expected_files = {"mindir": "model.mindir", "onnx": "model.onnx", "fixed_batch": {"2": "model_b2.mindir"}}
     assert m.files == expected_files
     assert m.source_checkpoint_sha256 == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
@@ -179,7 +180,7 @@ def test_existing_version_is_refused_before_any_work(checkpoint, tmp_path):
         ({"name": "../x"}, "invalid model name '../x'"),
         ({"version": 0}, "version must be a positive integer"),
         ({"tolerance": 0.0}, "tolerance must be positive"),
-        ({"lite_python": "/no/python", "formats": ("lite",)}, "--lite-python /no/python does not exist"),
+        ({"lite_python": "/no/python", "formats": ("lite",)}, "--lite-python: .*/no/python does not exist"),
     ],
 )
 def test_bad_export_requests_are_named(checkpoint, tmp_path, change, message):
@@ -189,7 +190,7 @@ def test_bad_export_requests_are_named(checkpoint, tmp_path, change, message):
 
 
 def test_lite_requested_without_lite_is_a_clear_error(checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr("training.export.lite_python_candidates", lambda: [])
+    monkeypatch.setattr("inference.lite_tool.candidates", lambda: [])
     with pytest.raises(ExportError, match=r"format 'lite' needs MindSpore Lite.*setup_lite_py37\.sh"):
         export_model(_spec(checkpoint, tmp_path, formats=("mindir", "lite")))
     _nothing_published(tmp_path)
@@ -319,3 +320,64 @@ def test_cli_spec_from_training_config(tmp_path):
     bad.write_text("arch: ddrnet23_slim\nnum_clases: 3\ndata_url: x\n")
     with pytest.raises(CliError, match="num_clases: unknown key"):
         cli_export.spec_from_args(_parse([*common[:-1], str(bad)]))
+
+
+def _write_run(run_dir: Path, **changes) -> Path:
+    """A run directory as ``ddrnet train`` leaves it (run.json + a best checkpoint file)."""
+    from model.preprocess_config import PreprocessConfig
+    from training.run_info import RunInfo, write_run_info
+
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "best.ckpt").write_bytes(b"weights")
+    info = RunInfo(arch="ddrnet23_slim", num_classes=3, labels=["cat", "dog", "eel"], model_variant="authors",
+                   preprocess=PreprocessConfig(image_size=96, crop_pct=0.75),
+                   checkpoint_best="checkpoints/best.ckpt", train_dir=str(run_dir / "data" / "train"),
+                   stats={"status": "finished", "epochs_done": 3})
+    for key, value in changes.items():
+        setattr(info, key, value)
+    write_run_info(run_dir, info)
+    return run_dir
+
+
+def test_cli_spec_from_a_training_run(tmp_path):
+    from training.run_info import read_run_info
+
+    run = _write_run(tmp_path / "run")
+    assert read_run_info(run).stats == {"status": "finished", "epochs_done": 3}
+    common = ["--repository", str(tmp_path / "models"), "--name", "pets"]
+    spec = cli_export.spec_from_args(_parse(["--run-dir", str(run), *common]))
+    assert (spec.arch, spec.num_classes, spec.variant) == ("ddrnet23_slim", 3, "authors")
+    assert spec.labels == ["cat", "dog", "eel"] and spec.checkpoint == run / "checkpoints" / "best.ckpt"
+    assert (spec.preprocess.image_size, spec.preprocess.crop_pct) == (96, 0.75)
+    assert spec.calibration_dir == run / "data" / "train"
+    # Options win over the run; a checkpoint of the run other than its best can be named.
+    other = run / "checkpoints" / "e0002.ckpt"
+    spec = cli_export.spec_from_args(_parse(["--run-dir", str(run), "--checkpoint", str(other),
+                                             "--image-size", "128", "--variant", "zoo", *common]))
+    assert spec.checkpoint == other and spec.preprocess.image_size == 128 and spec.variant == "zoo"
+    assert spec.preprocess.crop_pct == 0.75  # the rest of the run's preprocessing stays
+
+
+def test_cli_run_dir_errors_name_the_problem(tmp_path):
+    common = ["--repository", str(tmp_path / "models"), "--name", "pets"]
+    with pytest.raises(CliError, match=r"run\.json does not exist: .* is not a training run directory"):
+        cli_export.spec_from_args(_parse(["--run-dir", str(tmp_path), *common]))
+    unfinished = _write_run(tmp_path / "early", checkpoint_best=None)
+    with pytest.raises(CliError, match="has no best checkpoint yet: name one with --checkpoint"):
+        cli_export.spec_from_args(_parse(["--run-dir", str(unfinished), *common]))
+    (unfinished / "run.json").write_text('{"arch": "ddrnet23_slim"}')
+    with pytest.raises(CliError, match="'num_classes' is missing"):
+        cli_export.spec_from_args(_parse(["--run-dir", str(unfinished), *common]))
+    with pytest.raises(CliError, match="give --run-dir or --config, not both"):
+        cli_export.spec_from_args(_parse(["--run-dir", str(unfinished), "--config", "x.yaml", *common]))
+
+
+def test_a_run_recorded_before_train_dir_calibrates_on_its_data_sets_train_split(tmp_path):
+    run = _write_run(tmp_path / "old", train_dir=None)
+    data = json.loads((run / "run.json").read_text())
+    data.pop("train_dir")
+    data["data_url"] = str(tmp_path / "imagenet")
+    (run / "run.json").write_text(json.dumps(data))
+    argv = ["--run-dir", str(run), "--repository", str(tmp_path), "--name", "x"]
+    spec = cli_export.spec_from_args(_parse(argv))
+    assert spec.calibration_dir == tmp_path / "imagenet" / "train"

@@ -4,6 +4,7 @@ refused below the agreement threshold; served only when the server is asked for 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 from pathlib import Path
 
@@ -162,7 +163,7 @@ def test_onnxruntime_serves_int8_only_when_asked(int8_version):
     from inference.runtimes import ModelFileError
     from inference.runtimes.onnxruntime_rt import OnnxRuntime
 
-    manifest = mf.load_manifest(int8_version).to_dict()
+    manifest = mf.load_manifest(int8_version)
     fp32, int8 = OnnxRuntime(), OnnxRuntime()
     fp32.load(str(int8_version), manifest, options={"threads": 1})
     int8.load(str(int8_version), manifest, options={"threads": 1, "precision": "int8"})
@@ -170,7 +171,8 @@ def test_onnxruntime_serves_int8_only_when_asked(int8_version):
     assert (int8.describe()["file"], int8.describe()["precision"]) == ("model.int8.onnx", "int8")
     x = np.zeros((2, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
     assert int8.infer(x).shape == (2, NUM_CLASSES)
-    without = {**manifest, "files": {"onnx": "model.onnx", "fixed_batch": {}}}
+    without = dataclasses.replace(manifest, files={"onnx": "model.onnx", "fixed_batch": {}},
+                                  checksums={"model.onnx": manifest.checksums["model.onnx"]})
     with pytest.raises(ModelFileError, match="no int8 ONNX model"):
         OnnxRuntime().load(str(int8_version), without, options={"precision": "int8"})
 
@@ -209,8 +211,8 @@ def test_server_serves_int8_when_asked_and_fp32_by_default(int8_version):
 def test_cli_int8_options(checkpoint, tmp_path):
     import argparse
 
+    from cli import export as cli_export
     from cli.errors import CliError
-    from training import cli_export
 
     def parse(argv: list[str]) -> argparse.Namespace:
         parser = argparse.ArgumentParser(prog="ddrnet export")
@@ -226,10 +228,10 @@ def test_cli_int8_options(checkpoint, tmp_path):
     (data / "train" / "a").mkdir(parents=True)
     config = tmp_path / "train.yaml"
     config.write_text(f"arch: ddrnet23_slim\nnum_classes: 2\ndata_url: {data}\noutput_dir: {tmp_path}\n")
-    spec = cli_export.build_spec(parse([*common, "--config", str(config), "--calibration-images", "5",
+    spec = cli_export.spec_from_args(parse([*common, "--config", str(config), "--calibration-images", "5",
                                         "--int8-min-agreement", "0.9"]))
     assert spec.calibration_dir == data / "train"
     assert (spec.calibration_images, spec.int8_min_agreement) == (5, 0.9)
     argv = [*common, "--config", str(config), "--calibration-dir", str(tmp_path)]
-    explicit = cli_export.build_spec(parse(argv))
+    explicit = cli_export.spec_from_args(parse(argv))
     assert explicit.calibration_dir == tmp_path

@@ -281,3 +281,37 @@ def test_client_deadline_is_capped_by_the_server_timeout(repository) -> None:
             assert core.deadline(60.0) == pytest.approx(now + 2.0, abs=0.5)
 
     run(main())
+
+
+def test_core_owns_auth_oip_parameters_outputs_and_model_status(repository) -> None:
+    """What both front ends used to repeat: the bearer token, OIP's parameters.timeout, the requested
+    outputs with the classification-extension refusal, and each model's status."""
+    from server.core import RequestedOutput
+
+    async def main():
+        async with sf.started_core(sf.settings_for(repository, auth_token="k")) as core:
+            core.authorize("k")
+            for bad in (None, "", "K", "k "):
+                with pytest.raises(ServingError) as info:
+                    core.authorize(bad)
+                assert info.value.kind is ErrorKind.UNAUTHENTICATED
+            [status] = core.models()
+            assert (status.name, status.version, status.ready) == ("fake", "1", True)
+            ok = np.zeros((1, 3, 8, 8), np.float32)
+            inputs = [InferInput("input", "FP32", [1, 3, 8, 8], ok)]
+
+            def infer(**kw):
+                return core.infer(model="fake", version=None, inputs=inputs, protocol="grpc", **kw)
+
+            bad = ErrorKind.INVALID_ARGUMENT
+            for timeout in (0, -5, "soon", True):
+                await _expect(bad, infer(parameters={"timeout": timeout}), contains="parameters.timeout")
+            await _expect(bad, infer(outputs=[RequestedOutput("logits", {"classification": 3})]),
+                          contains="classification extension is not supported")
+            answered = await infer(parameters={"timeout": 30_000_000}, outputs=[RequestedOutput("logits")])
+            assert answered.outputs[0].shape == [1, 3]
+            await _expect(ErrorKind.DEADLINE_EXCEEDED, infer(parameters={"timeout": 1}))  # 1 µs
+            core.begin_shutdown()
+            assert [m.ready for m in core.models()] == [False]
+
+    run(main())

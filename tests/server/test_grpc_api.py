@@ -274,7 +274,7 @@ def test_health_follows_readiness_and_reflection_lists_services(repository) -> N
 
 def test_bearer_token_and_message_size_limit(repository) -> None:
     async def main():
-        async with serving(repository, auth_token="t0ken", max_request_bytes=4096) as (channel, _c, _h):
+        async with serving(repository, auth_token="t0ken", max_request_bytes=4096) as (channel, core, _h):
             stub = classify_pb2_grpc.ClassifyStub(channel)
             unauth = grpc.StatusCode.UNAUTHENTICATED
             await expect_status(unauth, stub.Classify(request("red")), "bearer token")
@@ -293,6 +293,9 @@ def test_bearer_token_and_message_size_limit(repository) -> None:
             assert info.value.code() == unauth
             oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             await expect_status(unauth, oip.ModelInfer(grpc_service_pb2.ModelInferRequest(model_name="fake")))
+            # the unary refusals are counted by the one error decorator (the stream is not a unary call)
+            assert sf.sample(core.metrics, "ddrnet_requests_total", model="fake", version="", protocol="grpc",
+                             code="UNAUTHENTICATED") == 3
             assert (await oip.ServerReady(grpc_service_pb2.ServerReadyRequest())).ready  # health stays open
             big = classify_pb2.ClassifyRequest(model_name="fake", images=[b"\0" * 8000])
             await expect_status(grpc.StatusCode.RESOURCE_EXHAUSTED, stub.Classify(big, metadata=good))

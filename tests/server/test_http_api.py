@@ -432,7 +432,7 @@ def test_bad_infer_requests_get_documented_errors(repository) -> None:
 
 def test_bearer_token_guards_inference_only(repository) -> None:
     async def main():
-        async with serving(repository, auth_token="s3cret") as (client, _core):
+        async with serving(repository, auth_token="s3cret") as (client, core):
             png = {"content-type": "image/png"}
             url = "/v1/models/fake/classify"
             missing = await client.post(url, content=sf.colour_image("red"), headers=png)
@@ -446,6 +446,9 @@ def test_bearer_token_guards_inference_only(repository) -> None:
             assert labels_of(right) == ["red"]
             infer = await client.post("/v2/models/fake/infer", json={"inputs": []})
             assert infer.status_code == 401
+            # refused before the core saw them, yet counted (the core checks the token, the route counts)
+            labels = {"model": "fake", "version": "", "protocol": "http", "code": "401"}
+            assert sf.sample(core.metrics, "ddrnet_requests_total", **labels) == 3
             for path in ("/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/fake", "/metrics", "/docs",
                          "/openapi.json"):
                 assert (await client.get(path)).status_code == 200, path

@@ -4,7 +4,7 @@ request surfaces, with the answer the server documents for it. One table, used t
 - ``test_bad_input.py`` sends every row to a real ``ddrnet serve`` process and checks the status, that
   the message names the problem, that no body carries a traceback, and that the next valid request on
   the same surface succeeds;
-- ``python tests/reliability/bad_input_cases.py`` does the same and prints a Markdown table of what
+- ``python -m tests.support.bad_input_cases`` does the same and prints a Markdown table of what
   the server answered (status and message excerpt), which is RELIABILITY.md's bad-input section.
 
 Surfaces: ``http-classify`` (``POST /v1/models/{m}/classify``: raw image body unless the row says

@@ -45,7 +45,7 @@ class SlowRuntime(Runtime):
     name = "slow"
 
     def load(self, version_dir, manifest, device="cpu", device_id=0, options=None):
-        if manifest.get("arch") == "broken":
+        if manifest.arch == "broken":
             raise RuntimeError(f"synthetic load failure for {version_dir} (manifest arch 'broken')")
         self.device = device
         self.delay_s = float(os.environ.get(DELAY_ENV, "50")) / 1000.0

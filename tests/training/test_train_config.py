@@ -127,7 +127,5 @@ def test_resolved_config_round_trips(tmp_path):
     path.write_text(cfg.to_yaml())
     assert load_config(path) == cfg
     pre = cfg.eval_preprocess()
-    assert (pre["image_size"], pre["crop_pct"], pre["resize_mode"]) == (64, 0.875, "squash")
-    from model.preprocess import PreprocessConfig
-
-    assert PreprocessConfig.from_dict(pre).resize_size == 73
+    assert (pre.image_size, pre.crop_pct, pre.resize_mode) == (64, 0.875, "squash")
+    assert pre.resize_size == 73

@@ -74,6 +74,22 @@ def test_resume_continues_exactly_and_eval_matches(folder, tmp_path):
     assert metrics["loss"] == pytest.approx(run["last_val"]["loss"], rel=1e-5)
     assert (tmp_path / "a" / "config.yaml").is_file() and (tmp_path / "a" / "labels.txt").is_file()
 
+    # The run exports itself: nothing restated, its best checkpoint, its recorded preprocessing.
+    from model import repository as repo
+    from training.run_info import read_run_info
+
+    info = read_run_info(tmp_path / "a")
+    assert info.train_dir == str((folder / "train").resolve())
+    assert info.checkpoint_best == "checkpoints/best.ckpt"
+    models = tmp_path / "models"
+    out = _ok(ddrnet("export", "--run-dir", str(tmp_path / "a"), "--repository", str(models),
+                     "--name", "tiny", "--formats", "onnx"))
+    assert "published tiny version 1" in out.stdout
+    manifest = repo.check_version(models / "tiny" / "1")
+    assert (manifest.arch, manifest.num_classes, manifest.labels) == ("ddrnet23_slim", 3, ["0", "1", "2"])
+    assert manifest.preprocess == info.preprocess and manifest.preprocess.image_size == 64
+    assert manifest.source_checkpoint_sha256 == repo.sha256_file(tmp_path / "a" / "checkpoints" / "best.ckpt")
+
 
 def test_corrupt_images_fail_by_path_or_skip_and_loss_falls(folder, tmp_path):
     data = tmp_path / "data"
