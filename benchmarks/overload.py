@@ -36,25 +36,10 @@ from typing import Any
 
 from tests.support import server_fixtures as sf
 from tests.support import slow_runtime
+from tests.support.reliability_fixtures import SlowServer
 
 COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}
 CLIENT_TIMEOUT_S = 120.0
-
-
-class SlowServer(sf.ServerProcess):
-    """``ddrnet serve`` with the synthetic slow model (``slow_runtime.py serve``)."""
-
-    def __init__(self, repository: Path, log_path: Path, *args: str, delay_ms: float,
-                 model_log: Path | None = None) -> None:
-        env = {slow_runtime.DELAY_ENV: str(delay_ms)}
-        if model_log is not None:
-            env[slow_runtime.LOG_ENV] = str(model_log)
-        super().__init__(repository, log_path, *args, env=env)
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "tests.support.slow_runtime", "serve", "--model-repository",
-                str(self.repository), "--http-port", "0", "--grpc-port", "0", "--poll-interval-s", "0",
-                "--log-level", "warning", *self.args]
 
 
 @dataclass
@@ -241,7 +226,8 @@ def run(*, delay_ms: float = 100.0, max_batch_size: int = 2, max_queue_size: int
         if repository is None:
             repo = work / "repo"
             slow_runtime.publish(repo, model)
-            server = SlowServer(repo, work / "server.log", *args, delay_ms=delay_ms, model_log=model_log)
+            server = SlowServer(repo, work / "server.log", *args, delay_ms=delay_ms, model_log=model_log,
+                                log_level="warning", instances=None)
         else:
             server = sf.ServerProcess(repository, work / "server.log", *args)
         server.start()

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import importlib
-import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -394,9 +392,8 @@ def test_one_image_tagged_with_the_project_version() -> None:
 
 def test_command_lines_parse_with_the_real_serve_cli(final_stage: Stage) -> None:
     """The image CMD and the manifests' args are accepted by `ddrnet serve`'s own argument parser."""
-    if importlib.util.find_spec("server.cli") is None:
-        pytest.skip("server/cli.py (the `ddrnet serve` options) does not exist yet")
-    serve_cli = importlib.import_module("server.cli")
+    from cli import serve as serve_cli
+
     parser = argparse.ArgumentParser(prog="ddrnet serve", exit_on_error=False)
     serve_cli.add_arguments(parser)
     command_lines = {

@@ -20,6 +20,7 @@ import grpc
 import httpx
 import pytest
 
+from benchmarks import overload
 from protos import classify_pb2, classify_pb2_grpc
 from tests.support import reliability_fixtures as rf
 
@@ -38,7 +39,7 @@ def images_seen(log_path) -> list[list[float]]:
 
 def test_a_burst_of_ten_times_capacity(tmp_path) -> None:
     model_log = tmp_path / "model.log"
-    figures, outcomes = rf.overload.run(delay_ms=DELAY_MS, max_batch_size=BATCH, max_queue_size=QUEUE,
+    figures, outcomes = overload.run(delay_ms=DELAY_MS, max_batch_size=BATCH, max_queue_size=QUEUE,
                                      burst=BURST, recovery=RECOVERY, workdir=tmp_path, model_log=model_log)
     print(figures)
     f = figures

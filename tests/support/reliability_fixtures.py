@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks import overload  # noqa: F401  (exercised by test_overload.py)
 from tests.support import server_fixtures as sf
 from tests.support import slow_runtime
 
@@ -34,19 +33,23 @@ class SlowServer(sf.ServerProcess):
     time of one batch; ``model_log`` (when given) receives one JSON line per batch the model ran."""
 
     def __init__(self, repository: Path, log_path: Path, *args: str, delay_ms: float = 0.0,
-                 model_log: Path | None = None, env: dict[str, str] | None = None) -> None:
+                 model_log: Path | None = None, env: dict[str, str] | None = None,
+                 log_level: str = "info", instances: int | None = 1) -> None:
         extra = {slow_runtime.DELAY_ENV: str(delay_ms)}
         if model_log is not None:
             extra[slow_runtime.LOG_ENV] = str(model_log)
         super().__init__(repository, log_path, *args, env={**extra, **(env or {})})
         self.model_log = model_log
+        self.log_level = log_level
+        self.instances = instances
 
     def command(self) -> list[str]:
-        # One instance unless a test asks for more (the default is one per core): the tests count
-        # worker processes and batches.
+        # One instance unless asked for more (the server's default is derived from the cores): the
+        # tests count worker processes and batches.
+        fixed = ["--instances", str(self.instances)] if self.instances is not None else []
         return [sys.executable, "-m", "tests.support.slow_runtime", "serve",
                 "--model-repository", str(self.repository), "--http-port", "0", "--grpc-port", "0",
-                "--poll-interval-s", "0", "--log-level", "info", "--instances", "1", *self.args]
+                "--poll-interval-s", "0", "--log-level", self.log_level, *fixed, *self.args]
 
     def seen_means(self) -> list[list[float]]:
         assert self.model_log is not None, "start the server with model_log= to record what it saw"
