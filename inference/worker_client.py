@@ -267,8 +267,7 @@ class WorkerInstance:
                 raise self._error(reply, f"worker could not load {self.version_dir}")
             self._info = dict(reply.get("describe") or {})
             self._info["load_s"] = reply.get("load_s")
-            sizes = reply.get("batch_sizes")
-            self._fixed = sorted(int(s) for s in sizes) if sizes else None
+            self._fixed = self._usable_fixed_sizes(reply.get("batch_sizes"))
             if self._fixed and self._fixed[-1] < self.max_batch_size:
                 LOG.warning("instance %s: model has fixed batch sizes %s, so batches are capped at %d",
                             self.name, self._fixed, self._fixed[-1])
@@ -283,6 +282,24 @@ class WorkerInstance:
             raise
         self._started_at = time.monotonic()
         self.ready = True
+
+    def _usable_fixed_sizes(self, sizes: Sequence[int] | None) -> list[int] | None:
+        """The model's fixed batch sizes that fit the shared input array (``max_batch_size`` rows); a
+        larger one would be padded past what the worker accepts. ServingError when none fits."""
+        if not sizes:
+            return None
+        fixed = sorted(int(s) for s in sizes)
+        usable = [s for s in fixed if s <= self.max_batch_size]
+        if not usable:
+            raise ServingError(
+                ErrorKind.INVALID_ARGUMENT,
+                f"instance {self.name}: the model's fixed batch sizes {fixed} are all above the maximum "
+                f"batch size {self.max_batch_size}; raise --max-batch-size to at least {fixed[0]}",
+            )
+        if len(usable) < len(fixed):
+            LOG.warning("instance %s: fixed batch sizes %s exceed the maximum batch size %d and are not used",
+                        self.name, [s for s in fixed if s > self.max_batch_size], self.max_batch_size)
+        return usable
 
     def _warmup_list(self) -> list[int]:
         if self._fixed:

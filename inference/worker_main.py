@@ -42,7 +42,13 @@ LOG = logging.getLogger("inference.worker")
 MAX_ERROR_CHARS = 2000
 
 
-def _kind_of(exc: BaseException) -> str:
+def _kind_of(exc: BaseException, op: Any) -> str:
+    """The error kind of a failed request. Anything that fails while running a batch (``infer``,
+    ``warmup``) is the server's fault, whatever the exception type: INTERNAL, never the client's
+    INVALID_ARGUMENT. At ``load``, a missing library, device or file is UNAVAILABLE and a bad option
+    or manifest INVALID_ARGUMENT."""
+    if op in ("infer", "warmup"):
+        return ErrorKind.INTERNAL.value
     if isinstance(exc, (RuntimeUnavailableError, ModelFileError)):
         return ErrorKind.UNAVAILABLE.value
     if isinstance(exc, (ValueError, ProtocolError)):
@@ -167,7 +173,7 @@ class Worker:
             return self.warmup(req), False
         except Exception as exc:  # one bad request or batch must not take the worker down
             LOG.warning("%s failed: %s", message.get("op"), _message(exc), exc_info=LOG.isEnabledFor(10))
-            return error(_kind_of(exc), _message(exc)), False
+            return error(_kind_of(exc, message.get("op")), _message(exc)), False
 
 
 def main() -> int:

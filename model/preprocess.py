@@ -216,6 +216,17 @@ def _load(img: Image.Image) -> None:
         raise ImageDecodeError(f"cannot decode {kind} image data: {text}", "undecodable") from None
 
 
+def _exif_upright(img: Image.Image) -> Image.Image:
+    """``ImageOps.exif_transpose``; an image whose EXIF cannot be read or applied (Pillow raises many
+    types for malformed EXIF) is used as stored: the orientation is metadata, the pixels are fine."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except MemoryError:
+        raise
+    except Exception:
+        return img
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -355,7 +366,7 @@ class EvalTransform:
         else:
             raise TypeError(f"image must be bytes or a PIL image, got {type(image).__name__}")
         if self.config.apply_exif_orientation:
-            img = ImageOps.exif_transpose(img)
+            img = _exif_upright(img)
         img = _to_rgb_or_gray(img)
         width, height = img.size
         if width < 1 or height < 1:

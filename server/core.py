@@ -264,6 +264,12 @@ class DataPlane:
             arrays = await self._preprocess(info, images)
             result = await reservation.infer(list(arrays))
         logits = np.stack(result.outputs)
+        if not np.isfinite(logits).all():  # scores would be NaN: a model fault, answered as one
+            raise ServingError(
+                ErrorKind.INTERNAL,
+                f"model {model!r} version {result.version} returned NaN or infinite logits",
+                reason="non_finite_output",
+            )
         predictions = top_k(logits, check_top_k(k, info.num_classes), info.labels)
         return ClassifyResult(model=model, version=result.version, results=predictions)
 

@@ -89,6 +89,8 @@ async def read_body(request: Request, limit: int) -> bytes:
             f"decompressed body exceeds the limit of {limit} bytes",
             reason="body_too_large",
         )
+    if not inflater.eof:
+        raise ServingError(ErrorKind.INVALID_ARGUMENT, f"truncated {encoding} body: the stream ends early")
     return out
 
 
@@ -148,13 +150,21 @@ def _json_error(exc: ValidationError) -> ServingError:
     return ServingError(ErrorKind.UNPROCESSABLE, describe_validation(errors))
 
 
+class _InMemoryMultiPartParser(MultiPartParser):
+    """Starlette's parser, keeping file parts in memory: the whole body already is (it was read under
+    ``max_request_bytes``), so spooling parts over 1 MiB to a temporary file would only add a copy and
+    a disk that can fill up."""
+
+    spool_max_size = 1 << 62
+
+
 async def _classify_multipart(
     request: Request, body: bytes, max_files: int
 ) -> tuple[list[bytes], int | None]:
     async def stream() -> AsyncIterator[bytes]:
         yield body
 
-    parser = MultiPartParser(request.headers, stream(), max_files=max_files, max_fields=16)
+    parser = _InMemoryMultiPartParser(request.headers, stream(), max_files=max_files, max_fields=16)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
@@ -167,6 +177,9 @@ async def _classify_multipart(
         raise ServingError(ErrorKind.INVALID_ARGUMENT, f"malformed multipart body: {exc}") from None
     except (UnicodeDecodeError, ValueError, KeyError) as exc:
         raise ServingError(ErrorKind.INVALID_ARGUMENT, f"malformed multipart body: {exc}") from None
+    except OSError as exc:  # the parts are kept in memory; a failure here is the server's, not the body's
+        raise ServingError(ErrorKind.UNAVAILABLE, f"cannot buffer the multipart body: {exc}",
+                           reason="spool_error") from None
     try:
         images: list[bytes] = []
         top_k: int | None = None
@@ -322,11 +335,12 @@ def infer_response(response: InferResponse, binary_outputs: dict[str, bool]) -> 
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            if not np.isfinite(out.data).all():
+            if not np.isfinite(out.data).all():  # the model's fault, not the request's
                 raise ServingError(
-                    ErrorKind.INVALID_ARGUMENT,
+                    ErrorKind.INTERNAL,
                     f"output {out.name!r} holds NaN or infinite values, which JSON cannot carry; "
-                    "ask for binary_data outputs",
+                    "binary_data outputs carry them",
+                    reason="non_finite_output",
                 )
             entry["data"] = out.data.reshape(-1).tolist()
         outputs.append(entry)

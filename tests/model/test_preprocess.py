@@ -527,3 +527,19 @@ def test_as_a_mindspore_dataset_map_operation(tmp_path):
         np.testing.assert_array_equal(row["image"], transform(PHOTOS[name].read_bytes()))
     with pytest.raises(TypeError):
         transform(np.zeros((4, 4, 3), dtype=np.uint8))  # decoded arrays are not accepted
+
+
+def test_unreadable_exif_leaves_the_image_as_stored(monkeypatch) -> None:
+    """With apply_exif_orientation, an EXIF block Pillow cannot apply is ignored (the pixels are fine)
+    instead of failing the image."""
+    from PIL import ImageOps
+
+    def broken(_img):
+        raise SyntaxError("corrupt EXIF")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, format="JPEG")
+    transform = EvalTransform(PreprocessConfig(image_size=32, apply_exif_orientation=True))
+    out = transform(buf.getvalue())
+    assert out.shape == (3, 32, 32) and np.isfinite(out).all()

@@ -36,8 +36,8 @@ def repository(tmp_path):
 
 
 @contextlib.asynccontextmanager
-async def serving(repository, **overrides):
-    async with sf.started_core(sf.settings_for(repository, **overrides)) as core:
+async def serving(repository, runtime=sf.FAKE_RUNTIME, **overrides):
+    async with sf.started_core(sf.settings_for(repository, **overrides), runtime=runtime) as core:
         transport = httpx.ASGITransport(app=create_app(core))
         async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
             yield client, core
@@ -526,5 +526,57 @@ def test_client_disconnect_cancels_the_request() -> None:
 
         request.receive = never
         assert await _until_disconnect(request, asyncio.sleep(0.01, result="done")) == "done"
+
+    run(main())
+
+
+def test_truncated_gzip_body_is_refused(repository) -> None:
+    async def main():
+        async with serving(repository) as (client, _core):
+            whole = gzip.compress(sf.colour_image("red"))
+            ok = await client.post(CLASSIFY, content=whole, headers={**PNG, "content-encoding": "gzip"})
+            assert labels_of(ok) == ["red"]
+            cut = await client.post(CLASSIFY, content=whole[: len(whole) // 2],
+                                    headers={**PNG, "content-encoding": "gzip"})
+            assert cut.status_code == 400 and "truncated gzip body" in cut.json()["error"]
+
+    run(main())
+
+
+def test_large_multipart_parts_never_touch_the_disk(repository, monkeypatch) -> None:
+    """Parts over Starlette's 1 MiB spool size stay in memory (the body already is): a full disk
+    cannot fail an upload."""
+    import tempfile
+
+    def no_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    big = png_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (700, 700, 3), np.uint8)))
+    assert len(big) > 1 << 20
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_disk)
+
+    async def main():
+        async with serving(repository) as (client, _core):
+            response = await client.post(CLASSIFY, files=[("file", ("big.png", big, "image/png"))])
+            assert response.status_code == 200, response.text
+
+    run(main())
+
+
+def test_a_model_answering_nan_is_a_clear_500_not_a_crash(repository) -> None:
+    async def main():
+        nan_runtime = "tests.support.fake_runtimes:NanRuntime"
+        async with serving(repository, runtime=nan_runtime) as (client, _core):
+            classify = await client.post(CLASSIFY, content=sf.colour_image("red"), headers=PNG)
+            assert classify.status_code == 500
+            assert "returned NaN or infinite logits" in classify.json()["error"]
+            body = {"inputs": [bytes_input([1], data=[b64(sf.colour_image("red"))])]}
+            as_json = await client.post("/v2/models/fake/infer", json=body)
+            assert as_json.status_code == 500 and "binary_data outputs carry them" in as_json.json()["error"]
+            binary = await client.post("/v2/models/fake/infer",
+                                       json={**body, "parameters": {"binary_data_output": True}})
+            assert binary.status_code == 200
+            raw = binary.content[int(binary.headers[BINARY_HEADER]):]
+            assert np.isnan(np.frombuffer(raw, "<f4")).all()
 
     run(main())

@@ -25,7 +25,7 @@ from inference.worker_protocol import ProtocolError, decode_body, decode_length,
 from model.manifest import ModelManifest, load_manifest
 from server.errors import ErrorKind, ServingError
 from tests.support import runtime_fixtures as rf
-from tests.support.fake_runtimes import FAIL, HANG, fake_manifest
+from tests.support.fake_runtimes import BAD_VALUE, FAIL, HANG, fake_manifest
 
 FAKE = "tests.support.fake_runtimes:FakeRuntime"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -186,6 +186,10 @@ def test_runtime_exception_fails_one_batch_only(tmp_path: Path, shm_dir: Path) -
             with pytest.raises(ServingError, match="injected runtime failure") as info:
                 await inst.infer(images_with_first_pixel(FAIL))
             assert info.value.kind is ErrorKind.INTERNAL and info.value.reason == "runtime_error"
+            # a ValueError from the runtime is still the server's fault: INTERNAL, never INVALID_ARGUMENT
+            with pytest.raises(ServingError, match="injected ValueError") as info:
+                await inst.infer(images_with_first_pixel(BAD_VALUE))
+            assert info.value.kind is ErrorKind.INTERNAL
             good = images_with_first_pixel(0.25, n=3)
             np.testing.assert_allclose(await inst.infer(good), good.mean(axis=(2, 3)), rtol=1e-6)
             assert inst.pid == pid and inst.restarts == 0 and inst.ready
@@ -318,3 +322,23 @@ def test_worker_answers_bad_requests_and_exits_with_its_server() -> None:
     proc.stdin.close()
     assert proc.wait(timeout=60) == 0
     assert proc.stdout is not None and proc.stdout.read() == b""
+
+
+def test_fixed_batch_sizes_above_the_maximum_are_not_used(tmp_path: Path, shm_dir: Path) -> None:
+    """A model with static sizes 1, 4 and 16 under a maximum batch of 8: padding to 16 would overflow
+    the shared input array the worker was given, so only 1 and 4 are used; with no size that fits,
+    the instance refuses to start and says which option to raise."""
+    async def scenario() -> None:
+        inst = fake_instance(tmp_path, shm_dir, max_batch_size=8, options={"fixed": [1, 4, 16]})
+        await inst.start()
+        try:
+            assert inst.fixed_batch_sizes == [1, 4] and inst.max_batch_size == 4
+            out = await inst.infer(images_with_first_pixel(0.5, n=3))  # padded to 4, three rows back
+            assert out.shape == (3, 3)
+        finally:
+            await inst.stop()
+        none_fits = fake_instance(tmp_path, shm_dir, max_batch_size=8, options={"fixed": [16]})
+        with pytest.raises(ServingError, match=r"fixed batch sizes \[16\] are all above .* --max-batch-size"):
+            await none_fits.start()
+
+    run(scenario())

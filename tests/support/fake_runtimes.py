@@ -3,7 +3,8 @@
 
 Its logits are the per-channel means of each image (``[N, 3]``), so results are checkable by eye.
 The first pixel of a batch steers it: ``-1`` raises (a runtime failure in one batch), ``-2`` sleeps
-for a minute (a batch in flight to kill, or a hung worker). ``options["fixed"]`` declares fixed batch
+for a minute (a batch in flight to kill, or a hung worker), ``-3`` raises ValueError, ``-4`` returns
+NaN logits. :class:`NanRuntime` answers NaN for everything. ``options["fixed"]`` declares fixed batch
 sizes; ``options["noisy"]`` prints to stdout at load. Python 3.7 compatible like every worker-side module.
 """
 
@@ -20,6 +21,8 @@ from model.manifest import FileChecksum, ModelManifest, TensorSpec
 
 FAIL = -1.0
 HANG = -2.0
+BAD_VALUE = -3.0  # the runtime raises ValueError (a server fault, whatever the exception type)
+NAN = -4.0  # the runtime returns NaN logits
 
 
 class FakeRuntime(Runtime):
@@ -47,10 +50,21 @@ class FakeRuntime(Runtime):
             raise RuntimeError("injected runtime failure")
         if first == HANG:
             time.sleep(60)
+        if first == BAD_VALUE:
+            raise ValueError("injected ValueError from the runtime")
+        if first == NAN:
+            return np.full((batch.shape[0], batch.shape[1]), np.nan, np.float32)
         fixed = self.supported_batch_sizes
         if fixed is not None and batch.shape[0] not in fixed:
             raise ValueError(f"fake runtime got batch {batch.shape[0]}, fixed sizes {fixed}")
         return batch.mean(axis=(2, 3)).astype(np.float32)
+
+
+class NanRuntime(FakeRuntime):
+    """The fake model that answers NaN logits for every image (a broken model)."""
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return np.full((batch.shape[0], batch.shape[1]), np.nan, np.float32)
 
 
 def fake_manifest(name: str = "fake", num_classes: int = 3, image_size: int = 4) -> ModelManifest:
