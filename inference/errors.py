@@ -27,6 +27,7 @@ class ErrorKind(enum.Enum):
     UNAVAILABLE = "unavailable"  # not ready, shutting down, or the instance died mid-batch
     INTERNAL = "internal"  # a runtime failure in a batch, or a bug
     UNAUTHENTICATED = "unauthenticated"  # missing or wrong bearer token
+    CANCELLED = "cancelled"  # the client went away (e.g. an upload cut off): counted, never answered
 
 
 class ServingError(Exception):

@@ -41,6 +41,7 @@ _TABLE = {
     ErrorKind.UNAVAILABLE:       (503, "UNAVAILABLE"),
     ErrorKind.INTERNAL:          (500, "INTERNAL"),
     ErrorKind.UNAUTHENTICATED:   (401, "UNAUTHENTICATED"),
+    ErrorKind.CANCELLED:         (499, "CANCELLED"),  # nginx's "client closed request"; nobody reads it
 }  # fmt: skip
 HTTP_STATUS: dict[ErrorKind, int] = {kind: pair[0] for kind, pair in _TABLE.items()}
 GRPC_STATUS_NAME: dict[ErrorKind, str] = {kind: pair[1] for kind, pair in _TABLE.items()}

@@ -136,23 +136,27 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
             self.core.authorize(bearer_token(context))
         except ServingError as err:
             await _abort(context, err)
-        # Bounded concurrency per stream: a client cannot pile up more work than the queue holds.
-        slots = asyncio.Semaphore(max(1, self.core.settings.max_queue_size))
-        responses: asyncio.Queue = asyncio.Queue()
+        # Bounded per stream: a request holds its slot until its response is queued for the client, and
+        # the queue is no longer than the slots. A client that stops reading its responses stops having
+        # its requests read (HTTP/2 flow control pushes back), instead of growing a queue on the server.
+        limit = max(1, self.core.settings.max_queue_size)
+        slots = asyncio.Semaphore(limit)
+        responses: asyncio.Queue = asyncio.Queue(maxsize=limit + 1)  # + the end marker
         tasks: set[asyncio.Task] = set()
 
         async def handle(request: classify_pb2.ClassifyRequest) -> None:
             try:
-                response = await self._classify(request, context)
-            except ServingError as err:
-                response = classify_pb2.ClassifyResponse(
-                    model_name=request.model_name,
-                    id=request.id,
-                    error=classify_pb2.Status(code=grpc_code_number(err), message=err.message),
-                )
+                try:
+                    response = await self._classify(request, context)
+                except ServingError as err:
+                    response = classify_pb2.ClassifyResponse(
+                        model_name=request.model_name,
+                        id=request.id,
+                        error=classify_pb2.Status(code=grpc_code_number(err), message=err.message),
+                    )
+                await responses.put(response)
             finally:
                 slots.release()
-            await responses.put(response)
 
         async def read_all() -> None:
             try:
@@ -396,11 +400,15 @@ def create_server(core: DataPlane, health: HealthReporter) -> tuple[grpc.aio.Ser
     limit = settings.max_request_bytes
     server = grpc.aio.server(
         interceptors=[MalformedRequestGuard()],
+        # Calls beyond this are refused with RESOURCE_EXHAUSTED before a handler runs: the memory of the
+        # calls in progress (each up to max_request_bytes) stays bounded whatever clients send.
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
+            ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a silently shared port
-        ]
+        ],
     )
     classify_pb2_grpc.add_ClassifyServicer_to_server(ClassifyServicer(core), server)
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(core), server)

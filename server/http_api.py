@@ -233,6 +233,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         started = getattr(request.state, "started", None)
         if started is not None:  # an inference route: count what the core did not see
             request.app.state.core.observe_error(request.path_params.get("model", ""), "http", err, started)
+        if err.kind is ErrorKind.CANCELLED:  # one line, no traceback: the client is gone
+            log.info("%s %s: %s", request.method, request.url.path, err.message)
         return error_response(err)
 
     @app.exception_handler(RequestValidationError)

@@ -23,6 +23,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from server import oip_codec
 from server.core import ClassifyResult, DataPlane, InferInput, InferResponse, RequestedOutput
@@ -63,11 +64,15 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise _too_large(size, limit)
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise _too_large(total, limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise _too_large(total, limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ServingError(ErrorKind.CANCELLED, f"the client went away after {total} bytes of the body",
+                           reason="client_closed") from None
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("", "identity"):

@@ -73,6 +73,13 @@ class ServerSettings(BaseSettings):
     )
 
     max_request_bytes: int = Field(32 * 2**20, ge=1024, description="largest HTTP body / gRPC message")
+    grpc_max_concurrent_rpcs: int = Field(
+        256, ge=1, le=1_000_000,
+        description="gRPC calls in progress at once (health checks included); more get RESOURCE_EXHAUSTED",
+    )
+    grpc_max_concurrent_streams: int = Field(
+        100, ge=1, le=1_000_000, description="concurrent calls per gRPC connection (HTTP/2 streams)",
+    )
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (width x height)")
     max_images_per_request: int = Field(64, ge=1, le=4096, description="images in one classify request")
 

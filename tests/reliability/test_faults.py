@@ -253,3 +253,29 @@ def test_sigterm_under_load_drains_every_accepted_request(tmp_path) -> None:
         assert json.dumps(results)  # plain data: nothing was left as an exception object
     finally:
         server.kill()
+
+
+def test_an_upload_cut_off_mid_body_is_one_log_line_and_counted(tmp_path) -> None:
+    """A client that promises 200 kB, sends 1 kB and closes: one log line (no traceback), counted as
+    ``code="499"``, and the server goes on answering."""
+    import socket
+    from urllib.parse import urlsplit
+
+    server = start(tmp_path)
+    try:
+        url = urlsplit(server.http_url)
+        for _ in range(3):
+            with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+                head = (f"POST /v1/models/{rf.MODEL}/classify HTTP/1.1\r\nHost: x\r\n"
+                        "Content-Type: image/png\r\nContent-Length: 200000\r\n\r\n")
+                sock.sendall(head.encode() + b"\x89PNG" + b"\0" * 1000)
+        closed = f'ddrnet_requests_total{{code="499",model="{rf.MODEL}",protocol="http"'
+        assert rf.wait_until(lambda: rf.metric(metrics(server), closed) == 3, 30, 0.1), metrics(server)
+        ok = httpx.post(f"{server.http_url}/v1/models/{rf.MODEL}/classify", content=rf.solid("red"),
+                        headers={"content-type": "image/png"}, timeout=30)
+        assert ok.status_code == 200
+    finally:
+        server.kill()
+    log = server.stderr()
+    assert "Traceback" not in log, log[-3000:]
+    assert log.count("the client went away after 1004 bytes") == 3, log[-3000:]

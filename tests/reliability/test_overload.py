@@ -158,3 +158,38 @@ def test_cancelled_and_expired_requests_never_reach_the_model(slow_server) -> No
     assert len(seen) == FILLERS  # the fillers and nothing else
     after = httpx.post(url, content=rf.solid("blue"), headers=png, timeout=60)
     assert after.json()["results"][0]["predictions"][0]["label"] == "blue"
+
+
+def test_grpc_concurrent_call_cap_refuses_at_once(tmp_path) -> None:
+    """With --grpc-max-concurrent-rpcs 2 and 300 ms batches of one image, a burst of 6 gRPC calls gets
+    RESOURCE_EXHAUSTED for the calls over the cap, at once, and the rest are answered correctly."""
+    rf.publish(tmp_path / "repo")
+    server = rf.SlowServer(tmp_path / "repo", tmp_path / "server.log", "--max-batch-size", "1",
+                           "--grpc-max-concurrent-rpcs", "2", delay_ms=300).start()
+    try:
+        codes: list[grpc.StatusCode] = []
+        barrier = threading.Barrier(6)
+
+        def call() -> None:
+            with grpc.insecure_channel(server.grpc_target) as channel:
+                stub = classify_pb2_grpc.ClassifyStub(channel)
+                request = classify_pb2.ClassifyRequest(model_name=rf.MODEL, images=[rf.solid("green")])
+                barrier.wait()
+                try:
+                    reply = stub.Classify(request, timeout=60)
+                    assert reply.results[0].predictions[0].label == "green"
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+
+        threads = [threading.Thread(target=call) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert len(codes) == 6
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 1, codes
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+        assert codes.count(grpc.StatusCode.OK) >= 2
+    finally:
+        server.kill()

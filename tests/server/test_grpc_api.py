@@ -329,3 +329,39 @@ def test_malformed_messages_are_invalid_argument_under_either_protobuf_implement
                           timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == [implementation, "ok"]
+
+
+def test_classify_stream_stops_reading_requests_when_its_responses_are_not_read(repository) -> None:
+    """A ClassifyStream whose client does not read the responses holds at most its slots' worth of
+    answered requests (max_queue_size in progress + as many queued responses), then stops pulling
+    requests off the stream: no unbounded response queue on the server."""
+    from server.grpc_api import ClassifyServicer
+
+    class Context:
+        def invocation_metadata(self):
+            return ()
+
+        def time_remaining(self):
+            return 30.0
+
+    async def main():
+        async with sf.started_core(sf.settings_for(repository, max_queue_size=2)) as core:
+            pulled = 0
+
+            async def requests():
+                nonlocal pulled
+                for i in range(200):
+                    pulled += 1
+                    yield request("red", id=str(i))
+
+            stream = ClassifyServicer(core).ClassifyStream(requests(), Context())
+            first = await stream.__anext__()  # the reader starts; then nobody reads
+            assert first.results[0].predictions[0].label == "red"
+            await asyncio.sleep(1.0)
+            assert pulled <= 2 * 2 + 3, f"{pulled} requests pulled with their responses unread"
+            answered = [first]
+            async for response in stream:  # reading again lets the stream finish
+                answered.append(response)
+            assert len(answered) == 200 and pulled == 200
+
+    run(main())

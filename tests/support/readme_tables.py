@@ -41,6 +41,7 @@ ERROR_MEANINGS = {
     "UNAVAILABLE": "not ready, shutting down, or the worker died during the batch",
     "INTERNAL": "the runtime failed on the batch holding this request (that batch only)",
     "UNAUTHENTICATED": "missing or wrong bearer token (`--auth-token`)",
+    "CANCELLED": "the client went away (an upload cut off, a cancelled call): counted, never answered",
 }
 
 
