@@ -22,7 +22,12 @@ open. Message size limits are ``max_request_bytes`` both ways (grpc itself refus
 RESOURCE_EXHAUSTED before it reaches a handler); TLS when ``tls_cert``/``tls_key`` are set. A request
 message that is not valid protobuf (a string field holding invalid UTF-8, a length cut short) is
 INVALID_ARGUMENT naming the message type, on every service (:class:`MalformedRequestGuard`), not grpc's
-UNKNOWN with the parser's exception class."""
+UNKNOWN with the parser's exception class.
+
+Bounds: calls in progress (``grpc_max_concurrent_rpcs``; more are refused with RESOURCE_EXHAUSTED
+before a handler runs) and per connection (``grpc_max_concurrent_streams``); a ClassifyStream holds
+at most ``max_queue_size`` requests in progress and as many unread responses, then stops reading.
+"""
 
 from __future__ import annotations
 
