@@ -221,6 +221,7 @@ async def serve(
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(http_task, FRONT_END_GRACE_S + 5)
         preprocessor.close()
+        core.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     print("ddrnet serve: stopped", file=out, flush=True)

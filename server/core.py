@@ -35,6 +35,7 @@ import numpy as np
 from server.errors import ErrorKind, ServingError, from_exception
 from server.metrics import UNKNOWN_MODEL, ServerMetrics, code_label
 from server.model_manager import IMAGES_INPUT, ModelManager, ServedModel, ServedVersion
+from server.offload import Offloader
 from server.postprocess import Prediction, check_top_k, top_k
 from server.preprocessing import Preprocessor
 from server.settings import ServerSettings
@@ -151,11 +152,13 @@ class DataPlane:
         manager: ModelManager,
         preprocessor: Preprocessor,
         metrics: ServerMetrics,
+        offloader: Offloader | None = None,
     ) -> None:
         self.settings = settings
         self.manager = manager
         self.preprocessor = preprocessor
         self.metrics = metrics
+        self.offloader = offloader or Offloader(max(1, min(4, settings.preprocess_workers or 1)))
         self.draining = False
         self.version = server_version()
 
@@ -208,6 +211,15 @@ class DataPlane:
             outputs=[TensorMetadata(cur.output_name, "FP32", [-1, cur.num_classes])],
             labels=list(cur.labels),
         )
+
+    async def decode(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a front end's request decoding (``fn(*args)``) off the event loop, in the bounded
+        decode pool (``server.offload``)."""
+        return await self.offloader.run(fn, *args)
+
+    def close(self) -> None:
+        """Stop the decode pool (the model manager and the preprocessor are closed by their owners)."""
+        self.offloader.close()
 
     def begin_shutdown(self) -> None:
         """Stop accepting: readiness turns false, new requests get UNAVAILABLE."""

@@ -241,10 +241,12 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     @rpc(model_field="model_name")
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.core.authorize(bearer_token(context))
+        limit = self.core.settings.max_images_per_request
+        inputs = await self.core.decode(_decode_inputs, request, limit)
         response = await self.core.infer(
             model=request.model_name,
             version=request.model_version or None,
-            inputs=_decode_inputs(request),
+            inputs=inputs,
             outputs=[RequestedOutput(o.name, parameter_values(o.parameters)) for o in request.outputs],
             parameters=parameter_values(request.parameters),
             request_id=request.id,
@@ -254,7 +256,9 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return _infer_proto(response)
 
 
-def _decode_inputs(request: Any) -> list[InferInput]:
+def _decode_inputs(request: Any, max_images: int) -> list[InferInput]:
+    """The request's tensors, each admitted (declared images within ``max_images``) before any of its
+    elements is decoded; runs in the core's decode pool."""
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise ServingError(
@@ -265,6 +269,7 @@ def _decode_inputs(request: Any) -> list[InferInput]:
     for index, tensor in enumerate(request.inputs):
         datatype = oip_codec.check_datatype(tensor.name, tensor.datatype)
         shape = oip_codec.check_shape(tensor.name, list(tensor.shape))
+        oip_codec.admit(tensor.name, datatype, shape, max_images)
         if raw:
             data = oip_codec.decode_raw(tensor.name, datatype, shape, raw[index])
         else:

@@ -71,7 +71,6 @@ T = TypeVar("T")
 
 def create_app(core: DataPlane) -> FastAPI:
     """The FastAPI application serving ``core``."""
-    settings = core.settings
     app = FastAPI(
         title="ddrnet-serve",
         version=core.version,
@@ -85,7 +84,7 @@ def create_app(core: DataPlane) -> FastAPI:
 
     async def classify(request: Request, model: str, version: str | None, top_k: int | None) -> Response:
         core.precheck(model, version)  # before reading a body that would be refused anyway
-        images, body_top_k = await codec.classify_inputs(request, settings)
+        images, body_top_k = await codec.classify_inputs(request, core)
         timeout_s = codec.header_timeout(request)
         k = body_top_k if body_top_k is not None else top_k
         result = await _until_disconnect(
@@ -161,7 +160,7 @@ def create_app(core: DataPlane) -> FastAPI:
 
     async def infer(request: Request, model: str, version: str | None) -> Response:
         core.precheck(model, version)
-        parsed, binary_outputs, requested, inputs = await codec.infer_inputs(request, settings)
+        parsed, binary_outputs, requested, inputs = await codec.infer_inputs(request, core)
         response = await _until_disconnect(
             request,
             core.infer(

@@ -3,19 +3,20 @@
 Reading: the body under ``max_request_bytes`` (Content-Length checked before reading, gzip/deflate
 decompressed under the same limit), the three classify forms (one raw image, multipart file parts,
 JSON base64), OIP v2 infer bodies (JSON tensors or the binary tensor data extension), and the
-``X-Request-Timeout-Ms`` header. Large bodies are parsed off the event loop. Writing: classify and
+``X-Request-Timeout-Ms`` header. Parsing, base64, the binary extension and decompression run in the
+core's decode pool, off the event loop; a tensor or image list declaring more images than a request
+may carry is refused before any of its elements is decoded. Writing: classify and
 metadata JSON, OIP responses with JSON or binary outputs. Every problem is a
 :class:`~server.errors.ServingError` naming it (400 / 413 / 415 / 422).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import zlib
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 from fastapi import Request
@@ -31,9 +32,8 @@ from server.errors import ErrorKind, ServingError
 from server.http_schemas import BINARY_HEADER, ClassifyJSON, InferRequestModel
 
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
-OFF_LOOP_BYTES = 256 * 1024  # bodies above this are parsed in a thread
 
-T = TypeVar("T")
+Decode = Callable[..., Awaitable[Any]]  # the core's decode pool: ``await decode(fn, *args)``
 
 
 def describe_validation(errors: Any) -> str:
@@ -51,9 +51,10 @@ def describe_validation(errors: Any) -> str:
 # -- request bodies ------------------------------------------------------------------------------------
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, decode: Decode | None = None) -> bytes:
     """The request body, refused with 413 as soon as it exceeds ``limit`` bytes (Content-Length is
-    checked before reading), gzip/deflate bodies decompressed under the same limit."""
+    checked before reading); gzip/deflate bodies decompressed under the same limit, through ``decode``
+    (the core's decode pool: inflating is CPU work) when given."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -82,7 +83,14 @@ async def read_body(request: Request, limit: int) -> bytes:
             ErrorKind.UNSUPPORTED_MEDIA,
             f"unsupported Content-Encoding {encoding!r} (gzip, deflate, identity)",
         )
-    # zlib with a bounded output, so a small compressed body cannot expand without limit.
+    if decode is None:
+        return inflate(body, encoding, limit)
+    return await decode(inflate, body, encoding, limit)
+
+
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip/deflate body decompressed, at most ``limit`` bytes (zlib with a bounded output, so a
+    small body cannot expand without limit); a truncated stream is INVALID_ARGUMENT."""
     inflater = zlib.decompressobj(31 if encoding == "gzip" else 15)
     try:
         out = inflater.decompress(body, limit + 1)
@@ -110,8 +118,10 @@ def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def classify_inputs(request: Request, settings: Any) -> tuple[list[bytes], int | None]:
-    """(images, top_k from the body or None) for the three body forms."""
+async def classify_inputs(request: Request, core: DataPlane) -> tuple[list[bytes], int | None]:
+    """(images, top_k from the body or None) for the three body forms; parsing runs in the core's
+    decode pool."""
+    settings = core.settings
     media = _media_type(request)
     if not (media.startswith("image/") or media in ("application/octet-stream", "multipart/form-data",
                                                       "application/json")):
@@ -121,9 +131,9 @@ async def classify_inputs(request: Request, settings: Any) -> tuple[list[bytes],
             f"unsupported Content-Type {shown}: send image/*, application/octet-stream (one image), "
             "multipart/form-data (image files) or application/json ({\"images\": [base64, ...]})",
         )
-    body = await read_body(request, settings.max_request_bytes)
+    body = await read_body(request, settings.max_request_bytes, core.decode)
     if media == "application/json":
-        return await _off_loop(len(body), _classify_json_body, body)
+        return await core.decode(_classify_json_body, body, settings.max_images_per_request)
     if media == "multipart/form-data":
         return await _classify_multipart(request, body, settings.max_images_per_request)
     if not body:
@@ -131,19 +141,12 @@ async def classify_inputs(request: Request, settings: Any) -> tuple[list[bytes],
     return [body], None
 
 
-async def _off_loop(size: int, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)``, in a thread when the body is large: parsing megabytes of JSON or base64 takes
-    tens of milliseconds, which would stall every other request on the event loop."""
-    if size <= OFF_LOOP_BYTES:
-        return fn(*args)
-    return await asyncio.to_thread(fn, *args)
-
-
-def _classify_json_body(body: bytes) -> tuple[list[bytes], int | None]:
+def _classify_json_body(body: bytes, max_images: int) -> tuple[list[bytes], int | None]:
     try:
         parsed = ClassifyJSON.model_validate_json(body)
     except ValidationError as exc:
         raise _json_error(exc) from None
+    oip_codec.admit("images", "BYTES", [len(parsed.images)], max_images)  # before any base64 decoding
     images = [oip_codec.b64decode(f"images[{i}]", text) for i, text in enumerate(parsed.images)]
     return images, parsed.top_k
 
@@ -227,13 +230,15 @@ def header_timeout(request: Request) -> float | None:
 ParsedInfer = tuple[InferRequestModel, dict[str, bool], list[RequestedOutput], list[InferInput]]
 
 
-async def infer_inputs(request: Request, settings: Any) -> ParsedInfer:
-    """Read and parse an OIP infer body (off the event loop when large)."""
-    body = await read_body(request, settings.max_request_bytes)
-    return await _off_loop(len(body), _parse_infer, body, request.headers.get(BINARY_HEADER))
+async def infer_inputs(request: Request, core: DataPlane) -> ParsedInfer:
+    """Read an OIP infer body and parse it in the core's decode pool."""
+    settings = core.settings
+    body = await read_body(request, settings.max_request_bytes, core.decode)
+    return await core.decode(_parse_infer, body, request.headers.get(BINARY_HEADER),
+                             settings.max_images_per_request)
 
 
-def _parse_infer(body: bytes, header_length: str | None) -> ParsedInfer:
+def _parse_infer(body: bytes, header_length: str | None, max_images: int) -> ParsedInfer:
     """(request, binary-output choice per output name, requested outputs, decoded inputs)."""
     binary = b""
     if header_length is not None:
@@ -261,7 +266,7 @@ def _parse_infer(body: bytes, header_length: str | None) -> ParsedInfer:
         outputs[out.name] = bool(out_params.get("binary_data", default_binary))
         requested.append(RequestedOutput(out.name, out_params))
     outputs["*"] = default_binary
-    return parsed, outputs, requested, _decode_inputs(parsed)
+    return parsed, outputs, requested, _decode_inputs(parsed, max_images)
 
 
 def _attach_binary(parsed: InferRequestModel, binary: bytes) -> None:
@@ -287,11 +292,12 @@ def _attach_binary(parsed: InferRequestModel, binary: bytes) -> None:
         )
 
 
-def _decode_inputs(parsed: InferRequestModel) -> list[InferInput]:
+def _decode_inputs(parsed: InferRequestModel, max_images: int) -> list[InferInput]:
     out = []
     for inp in parsed.inputs:
         datatype = oip_codec.check_datatype(inp.name, inp.datatype)
         shape = oip_codec.check_shape(inp.name, inp.shape)
+        oip_codec.admit(inp.name, datatype, shape, max_images)
         if isinstance(inp.data, memoryview):
             data = oip_codec.decode_raw(inp.name, datatype, shape, inp.data)
         elif inp.data is None:

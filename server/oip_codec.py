@@ -9,8 +9,11 @@ numpy array for numeric types, a list of bytes for BYTES):
   binary strings, so BYTES elements in JSON are **base64** (encoded images are not UTF-8 text);
 - gRPC typed ``contents`` (``fp32_contents``, ``bytes_contents`` ...), see :data:`CONTENTS_FIELD`.
 
-Every size is checked against the declared shape before anything is allocated, and every failure is
-an INVALID_ARGUMENT ServingError naming the tensor.
+Admission comes first (:func:`admit`): a tensor whose declared shape asks for more images than a
+request may carry is refused before a single element is decoded (a BYTES input of millions of empty
+elements costs nothing to refuse). Every size is then checked against the declared shape before
+anything is allocated, and every failure is a ServingError naming the tensor (INVALID_ARGUMENT, or
+PAYLOAD_TOO_LARGE for too many images).
 """
 
 from __future__ import annotations
@@ -79,6 +82,24 @@ def check_shape(name: str, shape: Any) -> list[int]:
 
 def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape) if shape else 1
+
+
+def admit(name: str, datatype: str, shape: Sequence[int], max_images: int) -> None:
+    """Refuse, before decoding, a tensor that declares more images than ``max_images``: a BYTES tensor
+    holds one encoded image per element, a tensor of rank 2 or more one image per row of its first
+    (batch) dimension. (A rank-1 numeric tensor has no batch dimension; the core refuses its shape.)"""
+    if datatype == "BYTES":
+        count = element_count(shape)
+    elif len(shape) >= 2:
+        count = shape[0]
+    else:
+        return
+    if count > max_images:
+        raise ServingError(
+            ErrorKind.PAYLOAD_TOO_LARGE,
+            f"input {name!r} declares {count} images (shape {list(shape)}); at most {max_images} per request",
+            reason="too_many_images",
+        )
 
 
 Decoded = np.ndarray | list[bytes]

@@ -192,7 +192,7 @@ def request_for(headers: dict[str, str], body: bytes = b"") -> Request:
 @given(body=classify_json_bodies())
 def test_classify_json_body_parser_and_core(core, body: bytes) -> None:
     try:
-        images, top_k = http_codec._classify_json_body(body)
+        images, top_k = http_codec._classify_json_body(body, 4)
     except Exception as exc:  # the property: only documented errors escape
         check_error(exc, CLIENT_KINDS)
         return
@@ -246,7 +246,7 @@ def test_body_reader_with_content_encoding(core, data: bytes, encoding: str, com
 def test_oip_rest_parser_and_core(core, part: tuple[bytes, str | None]) -> None:
     body, header = part
     try:
-        parsed, binary_outputs, requested, inputs = http_codec._parse_infer(body, header)
+        parsed, binary_outputs, requested, inputs = http_codec._parse_infer(body, header, 4)
     except Exception as exc:
         check_error(exc, CLIENT_KINDS)
         return
@@ -272,7 +272,8 @@ def infer_messages(draw) -> Any:
     inputs = []
     for spec in draw(st.lists(tensor_inputs(), max_size=3)):
         shape = spec.get("shape")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and -(2**63) <= d < 2**63 for d in shape)):
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                                and -(2**63) <= d < 2**63 for d in shape)):
             shape = draw(st.lists(INT64, max_size=4))
         name = spec.get("name") if isinstance(spec.get("name"), str) else draw(NAME)
         datatype = spec.get("datatype") if isinstance(spec.get("datatype"), str) else draw(DATATYPE)
@@ -314,7 +315,7 @@ def infer_messages(draw) -> Any:
 @given(message=infer_messages())
 def test_grpc_infer_decoding_and_core(core, message: Any) -> None:
     try:
-        inputs = grpc_api._decode_inputs(message)
+        inputs = grpc_api._decode_inputs(message, 4)
         parameters = grpc_api.parameter_values(message.parameters)
     except Exception as exc:
         check_error(exc, CLIENT_KINDS)

@@ -28,6 +28,7 @@ EXPECTED = {
     ErrorKind.UNAVAILABLE: (503, grpc.StatusCode.UNAVAILABLE),
     ErrorKind.INTERNAL: (500, grpc.StatusCode.INTERNAL),
     ErrorKind.UNAUTHENTICATED: (401, grpc.StatusCode.UNAUTHENTICATED),
+    ErrorKind.CANCELLED: (499, grpc.StatusCode.CANCELLED),
 }
 
 

@@ -365,3 +365,60 @@ def test_classify_stream_stops_reading_requests_when_its_responses_are_not_read(
             assert len(answered) == 200 and pulled == 200
 
     run(main())
+
+
+def test_too_many_declared_images_are_refused_before_any_element_is_decoded(monkeypatch) -> None:
+    """A BYTES input of two million empty elements (8 MB, under the message limit) is refused from its
+    declared shape: the elements are never unpacked."""
+    from server import grpc_api, oip_codec
+    from server.errors import ErrorKind, ServingError
+
+    unpacked = []
+    monkeypatch.setattr(oip_codec, "unpack_bytes", lambda *a: unpacked.append(a) or [])
+    tensor = grpc_service_pb2.ModelInferRequest.InferInputTensor(name="images", datatype="BYTES",
+                                                                  shape=[2_000_000])
+    message = grpc_service_pb2.ModelInferRequest(model_name="fake", inputs=[tensor],
+                                                 raw_input_contents=[struct.pack("<I", 0) * 2_000_000])
+    with pytest.raises(ServingError, match="declares 2000000 images") as info:
+        grpc_api._decode_inputs(message, 64)
+    assert info.value.kind is ErrorKind.PAYLOAD_TOO_LARGE and unpacked == []
+    typed = grpc_service_pb2.ModelInferRequest(model_name="fake", inputs=[
+        grpc_service_pb2.ModelInferRequest.InferInputTensor(
+            name="images", datatype="BYTES", shape=[100],
+            contents=grpc_service_pb2.InferTensorContents(bytes_contents=[b""] * 100))])
+    with pytest.raises(ServingError, match="at most 64 per request"):
+        grpc_api._decode_inputs(typed, 64)
+
+
+def test_tensors_are_decoded_off_the_event_loop(repository, monkeypatch) -> None:
+    import threading
+
+    from server import grpc_api
+
+    threads = []
+    real = grpc_api._decode_inputs
+
+    def spy(*args):
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(grpc_api, "_decode_inputs", spy)
+
+    async def main():
+        async with serving(repository) as (channel, _core, _h):
+            oip = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            tensor = grpc_service_pb2.ModelInferRequest.InferInputTensor(name="images", datatype="BYTES",
+                                                                          shape=[1])
+            reply = await oip.ModelInfer(grpc_service_pb2.ModelInferRequest(
+                model_name="fake", inputs=[tensor],
+                raw_input_contents=[oip_codec_pack([sf.colour_image("red")])]))
+            assert list(reply.outputs[0].shape) == [1, 3]
+
+    run(main())
+    assert threads and all(name.startswith("decode") for name in threads), threads
+
+
+def oip_codec_pack(images: list[bytes]) -> bytes:
+    from server.oip_codec import pack_bytes
+
+    return pack_bytes(images)

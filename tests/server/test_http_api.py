@@ -580,3 +580,25 @@ def test_a_model_answering_nan_is_a_clear_500_not_a_crash(repository) -> None:
             assert np.isnan(np.frombuffer(raw, "<f4")).all()
 
     run(main())
+
+
+def test_image_lists_over_the_limit_are_refused_before_base64_decoding(repository, monkeypatch) -> None:
+    from server import oip_codec
+
+    decoded = []
+    real = oip_codec.b64decode
+    monkeypatch.setattr(oip_codec, "b64decode", lambda *a: decoded.append(1) or real(*a))
+
+    async def main():
+        async with serving(repository, max_images_per_request=4) as (client, _core):
+            many = {"images": [b64(sf.colour_image("red"))] * 50}
+            refused = await client.post(CLASSIFY, json=many)
+            assert refused.status_code == 413 and "declares 50 images" in refused.json()["error"]
+            oip = {"inputs": [bytes_input([50], data=[""] * 50)]}
+            refused = await client.post("/v2/models/fake/infer", json=oip)
+            assert refused.status_code == 413 and "declares 50 images" in refused.json()["error"]
+            assert decoded == []
+            ok = await client.post(CLASSIFY, json={"images": [b64(sf.colour_image("red"))]})
+            assert labels_of(ok) == ["red"] and decoded == [1]
+
+    run(main())

@@ -306,10 +306,11 @@ def test_worker_answers_bad_requests_and_exits_with_its_server() -> None:
     reply, done = worker.handle({"op": "bogus"})
     assert reply == {"ok": False, "error": "invalid_argument", "message": reply["message"]} and not done
     assert "unknown op 'bogus'" in reply["message"]
+    # a bad infer message can only come from the server itself: its fault, INTERNAL
     reply, _ = worker.handle({"op": "infer", "n": 1})
-    assert reply["error"] == "invalid_argument" and "no model loaded" in reply["message"]
+    assert reply["error"] == "internal" and "no model loaded" in reply["message"]
     reply, _ = worker.handle({"op": "infer"})
-    assert reply["error"] == "invalid_argument" and "bad infer message" in reply["message"]
+    assert reply["error"] == "internal" and "bad infer message" in reply["message"]
     frame = encode({"op": "warmup", "batch_sizes": [1]})
     assert decode_body(frame[4:]) == {"op": "warmup", "batch_sizes": [1]}
     assert decode_length(frame[:4]) == len(frame) - 4

@@ -203,6 +203,7 @@ async def started_core(settings: Any, runtime: str | None = FAKE_RUNTIME) -> Asy
     finally:
         await manager.close()
         preprocessor.close()
+        core.close()
 
 
 def sample(metrics: Any, name: str, **labels: str) -> float:
