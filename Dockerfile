@@ -67,11 +67,13 @@ FROM python:3.11.13-slim-bookworm AS runtime
 ARG MODEL_REPOSITORY=""
 
 # libgomp1: MindSpore's CPU kernels link against the system OpenMP runtime (not in the slim image).
+# tini: PID 1 that reaps orphaned grandchildren of the worker processes and forwards signals to the
+# server (the same in Kubernetes, which runs the image's ENTRYPOINT).
 # Not version-pinned: Debian replaces point releases in place, so a pin would break rebuilds; the
 # base image tag fixes the Debian release.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install --yes --no-install-recommends libgomp1 \
+    && apt-get install --yes --no-install-recommends libgomp1 tini \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 ddrnet \
     && useradd --system --uid 10001 --gid ddrnet --home-dir /home/ddrnet --create-home \
@@ -106,5 +108,5 @@ EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/opt/ddrnet/healthcheck.py"]
 
-ENTRYPOINT ["ddrnet", "serve"]
+ENTRYPOINT ["tini", "--", "ddrnet", "serve"]
 CMD ["--model-repository", "/models", "--http-host", "0.0.0.0", "--grpc-host", "0.0.0.0"]

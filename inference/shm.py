@@ -13,7 +13,9 @@ file in tmpfs is what ``shared_memory`` uses underneath on Linux anyway (``shm_o
 
 The creating side owns the file: it unlinks it as soon as the worker reports it has mapped it
 (:meth:`ShmArray.unlink`), so nothing is left in ``/dev/shm`` even when a process is SIGKILLed
-later; the mappings stay valid until both sides close them. Python 3.7 compatible.
+later; the mappings stay valid until both sides close them. A server killed in the short window
+between creating a file and its worker mapping it leaves the file behind: :func:`remove_stale`
+(run at server start-up) removes those of processes that no longer exist. Python 3.7 compatible.
 """
 
 from __future__ import annotations
@@ -52,6 +54,42 @@ def _reserve(fd: int, nbytes: int, directory: str) -> None:
         if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
             raise
         os.ftruncate(fd, nbytes)  # a file system without fallocate
+
+
+def remove_stale(directory: str | None = None) -> list[str]:
+    """Remove the shared-memory files of servers that are gone: ``ddrnet-<pid>-*`` files of this user
+    whose creating process no longer exists (a server SIGKILLed between creating a file and handing it
+    to its worker leaves one behind; nothing else does). Files of live processes are never touched.
+    Returns the paths removed; the server calls this at start-up."""
+    directory = directory or default_dir()
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        parts = name[len(PREFIX):].split("-", 1) if name.startswith(PREFIX) else []
+        if len(parts) != 2 or not parts[0].isdigit():
+            continue
+        path = os.path.join(directory, name)
+        try:
+            if os.stat(path).st_uid != os.getuid() or _alive(int(parts[0])):
+                continue
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 class ShmArray:

@@ -10,11 +10,17 @@ Faults stay inside the instance:
 
 - a runtime exception in one batch fails that batch only (ServingError INTERNAL); the worker goes on;
 - a worker that dies (SIGKILL, a native crash, an exit) is noticed at once by the end of its stdout:
-  the batch in flight fails with ServingError UNAVAILABLE, and the instance restarts the worker in
-  the background with a bounded exponential backoff, loading and warming the model again; until it
-  is back, :attr:`ready` is False and ``infer`` fails fast with UNAVAILABLE;
+  the batch in flight fails with ServingError UNAVAILABLE (reason ``worker_died``: the batcher runs
+  it once more), and the instance restarts the worker in the background with a bounded exponential
+  backoff, loading and warming the model again; until it is back, :attr:`ready` is False and
+  ``infer`` fails fast with UNAVAILABLE. Any exception of a restart attempt (an ``OSError`` from
+  spawning, a load that fails) is logged, counted (:attr:`restart_failures`) and retried with the
+  backoff; :meth:`down_for` says how long the instance has been without a worker, which the server
+  turns into failing liveness past a bound;
 - a batch that takes longer than ``infer_timeout_s`` means a hung worker: it is killed, the batch
-  fails with UNAVAILABLE and the worker is restarted likewise.
+  fails with UNAVAILABLE (``worker_timeout``) and the worker is restarted likewise;
+- every request carries an id its reply repeats, so a late reply to a request given up on is
+  dropped, never read as the next batch's; reaping a killed worker is bounded (``REAP_TIMEOUT_S``).
 
 One batch runs at a time per instance (the worker is single-threaded); the batcher runs one
 instance per worker process and gives each a batch when it is free.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -53,6 +60,7 @@ from model.manifest import ModelManifest
 LOG = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STABLE_AFTER_S = 60.0  # a worker that lived this long resets the restart backoff
+REAP_TIMEOUT_S = 10.0  # how long to wait for a SIGKILLed worker to be gone
 
 
 def _exit_reason(returncode: int | None) -> str:
@@ -132,7 +140,10 @@ class WorkerInstance:
         self._fixed: list[int] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._pending: asyncio.Future[dict[str, Any]] | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}  # request id -> its reply
+        self._ids = itertools.count(1)
+        self.restart_failures = 0  # restart attempts that failed (spawn, load or warm-up)
+        self.down_since: float | None = None  # monotonic time the serving worker was lost
         self._inputs: ShmArray | None = None
         self._outputs: ShmArray | None = None
         self._lock = asyncio.Lock()
@@ -153,6 +164,12 @@ class WorkerInstance:
         """The batch sizes the runtime accepts, or None for any size up to ``max_batch_size``.
         ``infer`` pads a smaller batch up to the next fixed size itself."""
         return self._fixed
+
+    def down_for(self, now: float | None = None) -> float:
+        """Seconds this serving instance has been without a working worker (0 while it has one)."""
+        if self.down_since is None:
+            return 0.0
+        return (time.monotonic() if now is None else now) - self.down_since
 
     def describe(self) -> dict[str, Any]:
         """The worker runtime's ``describe()`` plus pid, restarts and load time."""
@@ -214,6 +231,7 @@ class WorkerInstance:
         self._stopping = True
         self._serving = False
         self.ready = False
+        self.down_since = None
         if self._restart_task is not None:
             self._restart_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -318,7 +336,11 @@ class WorkerInstance:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-            await proc.wait()
+            try:  # bounded: a process stuck in the kernel (D state) must not hang a restart or a stop
+                await asyncio.wait_for(proc.wait(), REAP_TIMEOUT_S)
+            except TimeoutError:
+                LOG.error("instance %s: worker %s has not exited %.0f s after SIGKILL; going on without it",
+                          self.name, proc.pid, REAP_TIMEOUT_S)
         reader, self._reader = self._reader, None
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
@@ -336,11 +358,12 @@ class WorkerInstance:
                 header = await proc.stdout.readexactly(HEADER.size)
                 body = await proc.stdout.readexactly(decode_length(header))
                 message = decode_body(body)
-                fut, self._pending = self._pending, None
+                fut = self._pending.pop(message.pop("id", None), None)
                 if fut is not None and not fut.done():
                     fut.set_result(message)
-                else:
-                    LOG.warning("instance %s: unexpected message from worker: %s", self.name, message)
+                else:  # a reply to a request given up on (cancelled, timed out): never the next one's
+                    LOG.warning("instance %s: dropped a late reply from the worker (%s)", self.name,
+                                message.get("op") or message.get("error") or "ok")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # EOF (worker gone) or a broken frame
@@ -358,14 +381,17 @@ class WorkerInstance:
         if not isinstance(exc, asyncio.IncompleteReadError):
             reason += f" ({type(exc).__name__}: {exc})"
         self._lost_reason = reason
-        fut, self._pending = self._pending, None
-        if fut is not None and not fut.done():
-            fut.set_exception(
-                ServingError(ErrorKind.UNAVAILABLE, f"worker {proc.pid} of {self.name} {reason}",
-                             reason="worker_died")
-            )
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(
+                    ServingError(ErrorKind.UNAVAILABLE, f"worker {proc.pid} of {self.name} {reason}",
+                                 reason="worker_died")
+                )
         if self._stopping or proc is not self._proc:
             return
+        if self._serving and self.down_since is None:
+            self.down_since = time.monotonic()
         LOG.error("instance %s: worker %s %s", self.name, proc.pid, reason)
         if self._serving and self.restart_enabled and self._restart_task is None:
             self._restart_task = asyncio.get_running_loop().create_task(self._restart_loop())
@@ -381,9 +407,15 @@ class WorkerInstance:
                 try:
                     async with self._lock:
                         await self._spawn_and_load()
-                except ServingError as exc:
-                    LOG.error("instance %s: restart failed: %s", self.name, exc.message)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # any failure (OSError from spawning too) is retried, counted
+                    self.restart_failures += 1
+                    why = exc.message if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+                    LOG.error("instance %s: restart failed (%d so far, down for %.0f s): %s", self.name,
+                              self.restart_failures, self.down_for(), why)
                     continue
+                self.down_since = None
                 self.restarts += 1
                 LOG.warning("instance %s: worker restarted (pid %s, restart %d)", self.name, self.pid,
                             self.restarts)
@@ -398,7 +430,9 @@ class WorkerInstance:
             state = "is not running" if proc is None else _exit_reason(proc.returncode)
             raise ServingError(ErrorKind.UNAVAILABLE, f"worker of {self.name} {state}", reason="worker_died")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending = fut
+        request_id = next(self._ids)
+        message = {**message, "id": request_id}
+        self._pending[request_id] = fut
         try:
             proc.stdin.write(encode(message))
             await proc.stdin.drain()
@@ -406,7 +440,7 @@ class WorkerInstance:
             pass  # the worker is gone: the read loop fails ``fut`` with the exit reason
         reader = self._reader
         if not fut.done() and (reader is None or reader.done()):  # it is gone and nobody will answer
-            self._pending = None
+            self._pending.pop(request_id, None)
             raise ServingError(ErrorKind.UNAVAILABLE, f"worker of {self.name} {self._lost_reason}",
                                reason="worker_died")
         try:
@@ -423,8 +457,7 @@ class WorkerInstance:
                 reason="worker_timeout",
             ) from None
         finally:
-            if self._pending is fut:
-                self._pending = None
+            self._pending.pop(request_id, None)
 
     def _error(self, reply: dict[str, Any], context: str) -> ServingError:
         try:

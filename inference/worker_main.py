@@ -161,7 +161,13 @@ class Worker:
         return ok(op="bye")
 
     def handle(self, message: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """The reply to one message and whether to exit afterwards."""
+        """The reply to one message (carrying the request's ``id``) and whether to exit afterwards."""
+        reply, done = self._handle(message)
+        if "id" in message:
+            reply["id"] = message["id"]
+        return reply, done
+
+    def _handle(self, message: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         try:
             req = parse_request(message)
             if isinstance(req, ShutdownRequest):

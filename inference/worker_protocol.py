@@ -4,6 +4,8 @@ Frames: a 4-byte big-endian length, then that many bytes of UTF-8 JSON holding o
 server writes requests to the worker's stdin and reads replies from its stdout (the worker moves
 everything libraries print to stderr first). Tensors never travel here: they sit in shared memory
 (``inference.shm``), and messages carry only batch sizes. One request is answered by one reply, in order.
+Every request carries an envelope ``id`` (an integer) that its reply repeats, so a late reply (to a
+request the server stopped waiting for) is recognised and dropped, never taken for the next one's.
 
 Requests (``op``):
 
@@ -132,13 +134,15 @@ def to_dict(request: Any) -> dict[str, Any]:
 
 
 def parse_request(message: dict[str, Any]) -> Any:
-    """The request dataclass for ``message``; ProtocolError naming an unknown op or bad fields."""
+    """The request dataclass for ``message`` (its envelope ``id`` aside); ProtocolError naming an
+    unknown op or bad fields."""
     op = message.get("op")
     cls = REQUESTS.get(op) if isinstance(op, str) else None
     if cls is None:
         raise ProtocolError(f"unknown op {op!r}: expected one of {', '.join(REQUESTS)}")
+    fields_ = {key: value for key, value in message.items() if key != "id"}
     try:
-        return cls(**message)
+        return cls(**fields_)
     except TypeError as exc:
         raise ProtocolError(f"bad {op} message: {exc}") from None
 

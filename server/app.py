@@ -31,6 +31,7 @@ from typing import Any, TextIO
 
 import uvicorn
 
+from inference import shm
 from server.core import DataPlane
 from server.grpc_api import HealthReporter, create_server
 from server.http_api import create_app
@@ -110,6 +111,8 @@ async def serve(
     """
     log.info("effective configuration: %s", json.dumps(describe_settings(settings), sort_keys=True))
     _warn_on_pure_python_protobuf()
+    for path in shm.remove_stale():
+        log.warning("removed shared memory left by a server that is gone: %s", path)
     metrics = ServerMetrics(process_collectors=True)
     manager = ModelManager(settings, metrics, runtime=runtime, extra_pythonpath=extra_pythonpath)
     preprocessor = Preprocessor(settings.preprocess_workers or 1)

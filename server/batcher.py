@@ -15,7 +15,11 @@ waits (nothing else is being decoded). With
 static batch sizes (the instance's ``fixed_batch_sizes``, else ``preferred_batch_sizes``) the batch is
 zero-padded up to the next allowed size and the padding rows' outputs are dropped. Every image's output
 goes back to the future of the request that sent it; an instance that fails (or returns the wrong number
-of outputs) fails exactly the requests in that batch.
+of outputs) fails exactly the requests in that batch. A batch whose worker died or hung (the
+instance's fault, not the batch's) runs once more, on a ready sibling or on the restarted worker,
+while its requests' deadlines allow: a worker crash costs latency, not errors. Free instances that
+are restarting are passed over while a ready one exists; when none is ready, the batch goes to a
+restarting one, which waits for its worker no longer than the batch's earliest deadline.
 
 Deadlines and cancellation. Every image carries its request's deadline (a ``time.monotonic()`` value).
 An image whose deadline passes while queued is removed and its request fails with DEADLINE_EXCEEDED;
@@ -36,12 +40,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +59,20 @@ from server.metrics import ServerMetrics
 log = logging.getLogger(__name__)
 
 _EWMA_WEIGHT = 0.2  # weight of the newest batch in the per-image inference time estimate
+READY_POLL_S = 0.05  # how often a queue whose instances are all restarting looks again
+#: Failures of the instance rather than the batch: the batch runs once more (inference is idempotent).
+RETRYABLE = ("worker_died", "worker_timeout")
+
+
+def _ready(instance: ModelInstance) -> bool:
+    return bool(getattr(instance, "ready", True))
+
+
+def _takes_deadline(instance: ModelInstance) -> bool:
+    try:
+        return "deadline" in inspect.signature(instance.infer).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -301,10 +320,12 @@ class Batcher:
         with self.reserve(len(items), deadline=deadline) as reservation:
             return await reservation.infer(items)
 
-    async def replace_instances(
+    def switch(
         self, instances: Sequence[ModelInstance], *, version: str, item_shape: Sequence[int] | None = None
-    ) -> list[ModelInstance]:
-        """Switch to a new instance set serving ``version``; return the old instances once idle.
+    ) -> Awaitable[list[ModelInstance]]:
+        """Switch to a new instance set serving ``version`` now; the returned awaitable gives the old
+        instances back once idle. Synchronous up to the switch: when it raises (shutting down,
+        instances that disagree), nothing changed and the old instances keep serving.
 
         New reservations use the new instances immediately. Work already reserved for the old
         version (queued, being preprocessed, or running) is finished by the old instances; only
@@ -316,9 +337,19 @@ class Batcher:
         self._current = self._start_generation(instances, version, item_shape)
         old.retired = True
         old.wake.set()
-        await old.finished.wait()
-        log.info("model %s: version %s replaced by %s", self.model, old.version, version)
-        return old.instances
+
+        async def old_instances() -> list[ModelInstance]:
+            await old.finished.wait()
+            log.info("model %s: version %s replaced by %s", self.model, old.version, version)
+            return old.instances
+
+        return old_instances()
+
+    async def replace_instances(
+        self, instances: Sequence[ModelInstance], *, version: str, item_shape: Sequence[int] | None = None
+    ) -> list[ModelInstance]:
+        """:meth:`switch`, then wait for the old instances."""
+        return await self.switch(instances, version=version, item_shape=item_shape)
 
     async def drain(self, timeout_s: float | None = None) -> bool:
         """Stop accepting (UNAVAILABLE), finish all accepted work, stop. True if all finished in time.
@@ -447,6 +478,11 @@ class Batcher:
         try:
             while not self._generation_done(gen):
                 gen.wake.clear()
+                if gen.queue and gen.idle and not self._usable_idle(gen):
+                    # Only restarting instances are free while a ready one is busy: wait for either.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(gen.wake.wait(), READY_POLL_S)
+                    continue
                 if gen.queue and gen.idle:
                     wait = 0.0
                     limit = max(delay, preprocess_wait if gen.preparing > 0 else 0.0)
@@ -488,21 +524,79 @@ class Batcher:
             histogram = self._metrics.queue_duration.labels(self.model, gen.version)
             for item in batch:
                 histogram.observe(now - item.enqueued)
-        instance = gen.idle.popleft()
+        instance = self._take_instance(gen)
         task = asyncio.get_running_loop().create_task(self._run_batch(gen, instance, batch))
         gen.running.add(task)
+
+    @staticmethod
+    def _usable_idle(gen: _Generation) -> bool:
+        """Whether a free instance should get the next batch: a ready one, or a restarting one when no
+        instance of the generation is ready (it waits for its worker within the batch's deadline)."""
+        return any(_ready(i) for i in gen.idle) or not any(_ready(i) for i in gen.instances)
+
+    @staticmethod
+    def _take_instance(gen: _Generation) -> ModelInstance:
+        for instance in gen.idle:
+            if _ready(instance):
+                gen.idle.remove(instance)
+                return instance
+        return gen.idle.popleft()
+
+    @staticmethod
+    def _worth_retrying(batch: list[_Item], err: ServingError) -> list[_Item] | None:
+        """The items of a failed batch to run once more: those whose clients still wait, when the
+        instance (not the batch) failed and their deadlines leave time; None when there are none."""
+        if err.reason not in RETRYABLE:
+            return None
+        waiting = [item for item in batch if not item.future.done()]
+        if not waiting or min(item.deadline for item in waiting) <= time.monotonic():
+            return None
+        return waiting
+
+    @staticmethod
+    def _take_ready_sibling(gen: _Generation) -> ModelInstance | None:
+        for instance in gen.idle:
+            if _ready(instance):
+                gen.idle.remove(instance)
+                return instance
+        return None
+
+    async def _infer_once(
+        self, gen: _Generation, instance: ModelInstance, batch: list[_Item], size: int
+    ) -> tuple[np.ndarray, float]:
+        buffer = getattr(instance, "batch_buffer", None) or batch_assembly.default_buffer
+        arrays = [item.array for item in batch]
+        inputs = batch_assembly.assemble(arrays, size, gen.item_shape, self._dtype, buffer)
+        started = time.monotonic()
+        if _takes_deadline(instance):  # a restarting instance waits no longer than its requests may
+            outputs = await instance.infer(inputs, deadline=min(item.deadline for item in batch))
+        else:
+            outputs = await instance.infer(inputs)
+        return outputs, time.monotonic() - started
 
     async def _run_batch(self, gen: _Generation, instance: ModelInstance, batch: list[_Item]) -> None:
         count = len(batch)
         size = batch_assembly.padded_size(count, gen.allowed_sizes)
         try:
-            buffer = getattr(instance, "batch_buffer", None) or batch_assembly.default_buffer
-            inputs = batch_assembly.assemble(
-                [item.array for item in batch], size, gen.item_shape, self._dtype, buffer
-            )
-            started = time.monotonic()
-            outputs = await instance.infer(inputs)
-            elapsed = time.monotonic() - started
+            try:
+                outputs, elapsed = await self._infer_once(gen, instance, batch, size)
+            except ServingError as err:
+                waiting = self._worth_retrying(batch, err)
+                if waiting is None:
+                    raise
+                batch, count = waiting, len(waiting)
+                size = batch_assembly.padded_size(count, gen.allowed_sizes)
+                # The instance failed, not the batch: once more, on a ready sibling if one is free, else
+                # on the same instance once its worker is back (within the requests' deadlines).
+                sibling = self._take_ready_sibling(gen)
+                if sibling is not None:
+                    gen.idle.append(instance)  # restarting: the scheduler passes it over until ready
+                    instance = sibling
+                log.warning("model %s version %s: batch of %d lost its worker (%s); running it again on %s",
+                            self.model, gen.version, count, err.reason,
+                            "a sibling instance" if sibling is not None else "the restarted worker")
+                self._count_retry(err.reason)
+                outputs, elapsed = await self._infer_once(gen, instance, batch, size)
             rows = batch_assembly.split_outputs(outputs, count, size)
         except asyncio.CancelledError:
             self._fail(batch, ServingError(ErrorKind.UNAVAILABLE, f"model {self.model} shut down mid-batch"))
@@ -569,6 +663,10 @@ class Batcher:
     def _update_depth(self) -> None:
         if self._metrics is not None:
             self._metrics.queue_depth.labels(self.model).set(self.queue_depth)
+
+    def _count_retry(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.batch_retries_total.labels(self.model, reason).inc()
 
     def _count_dropped(self, reason: str, count: int) -> None:
         if self._metrics is not None:

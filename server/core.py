@@ -165,7 +165,17 @@ class DataPlane:
     # -- health and metadata -----------------------------------------------------------------------
 
     def live(self) -> bool:
-        """The process answers (liveness)."""
+        """The process answers, and no served instance has been without a working worker for longer
+        than ``max_worker_down_s`` (its restarts keep failing: a broken venv, no memory, a lost
+        device). Failing liveness makes Kubernetes restart the pod, which a process alone cannot do."""
+        bound = self.settings.max_worker_down_s
+        if bound <= 0:
+            return True
+        down, name = self.manager.longest_down()
+        if down > bound:
+            log.error("liveness failing: instance %s has had no working worker for %.0f s (bound %.0f s)",
+                      name, down, bound)
+            return False
         return True
 
     def authorize(self, token: str | None) -> None:

@@ -123,9 +123,11 @@ def create_app(core: DataPlane) -> FastAPI:
 
     # -- Open Inference Protocol v2: health and metadata -------------------------------------------
 
-    @app.get("/v2/health/live", tags=["v2"], summary="Liveness")
+    @app.get("/v2/health/live", tags=["v2"], summary="Liveness (503 once an instance stays down too long)",
+             responses={503: {"description": "not live: restart the process"}})
     async def live() -> JSONResponse:
-        return JSONResponse({"live": core.live()})
+        ok = core.live()
+        return JSONResponse({"live": ok}, status_code=200 if ok else 503)
 
     @app.get("/v2/health/ready", tags=["v2"], summary="Readiness (503 until models are loaded and warmed)",
              responses={503: {"description": "not ready"}})

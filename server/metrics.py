@@ -117,7 +117,13 @@ class ServerMetrics:
             ["model", "reason"], namespace=ns, registry=reg,
         )
         self.worker_restarts_total = Counter(
-            "worker_restarts_total", "Model worker processes restarted after dying.",
+            "worker_restarts_total",
+            "Model worker processes restarted after dying (worker_died), and failed restart attempts "
+            "(restart_failed).",
+            ["model", "reason"], namespace=ns, registry=reg,
+        )
+        self.batch_retries_total = Counter(
+            "batch_retries_total", "Batches run a second time because their worker died or hung.",
             ["model", "reason"], namespace=ns, registry=reg,
         )  # fmt: skip
 

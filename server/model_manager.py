@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -98,9 +99,12 @@ class ManagedInstance:
     def batch_buffer(self, size: int, item_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return self.worker.batch_buffer(size, item_shape, dtype)
 
-    async def infer(self, batch: np.ndarray) -> np.ndarray:
+    async def infer(self, batch: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        """Run ``batch``; while the worker restarts, wait for it until ``deadline`` (the earliest
+        deadline of the batch's requests, a ``time.monotonic()`` instant) or ``restart_wait_s``."""
         if not self.worker.ready:
-            deadline = time.monotonic() + self.restart_wait_s
+            if deadline is None:
+                deadline = time.monotonic() + self.restart_wait_s
             while not self.worker.ready:
                 if self.stopping or time.monotonic() >= deadline:
                     raise ServingError(
@@ -216,7 +220,7 @@ class ModelManager:
         self._failed: dict[tuple[str, int, str], str] = {}  # version key -> why it failed
         self._reported: set[tuple[str, int, str]] = set()  # incomplete versions already logged
         self._warned: set[str] = set()
-        self._restarts_seen: dict[int, int] = {}
+        self._restarts_seen: dict[tuple[int, str], int] = {}
         self._poll_task: asyncio.Task | None = None
         self._closing = False
 
@@ -306,18 +310,31 @@ class ModelManager:
             served = self.models.get(name)
             if served is None:
                 for version, manifest in versions:
-                    try:
-                        await self._serve_new_model(name, version, manifest)
+                    attempt = self._serve_new_model(name, version, manifest)
+                    if await self._attempt(name, version, manifest, attempt):
                         break
-                    except ServingError:
-                        continue
                 continue
             if not versions:
                 continue
             version, manifest = versions[0]
             if str(version) != served.current.version:
-                with contextlib.suppress(ServingError):
-                    await self._swap(served, version, manifest)
+                await self._attempt(name, version, manifest, self._swap(served, version, manifest))
+
+    async def _attempt(self, name: str, version: int, manifest: ModelManifest, work: Any) -> bool:
+        """Await a load or swap; any failure is already logged, counted and remembered (so the version is
+        not retried until its files change), and the model keeps serving what it served. True when it
+        succeeded."""
+        try:
+            await work
+            return True
+        except asyncio.CancelledError:
+            raise
+        except ServingError:
+            return False
+        except Exception as exc:  # a bug, not a broken version: still never half-applied, never a loop
+            log.exception("model %s version %d: load failed unexpectedly", name, version)
+            self._load_failed(name, version, manifest, "load_error", f"{type(exc).__name__}: {exc}")
+            return False
 
     def _scan(self) -> dict[str, list[tuple[int, ModelManifest]]]:
         """Complete, not-failed versions of each model, newest first (runs in a thread: hashing)."""
@@ -357,7 +374,9 @@ class ModelManager:
 
     @staticmethod
     def _key(name: str, version: int, manifest: ModelManifest) -> tuple[str, int, str]:
-        return (name, version, f"{manifest.created_at}/{manifest.source_checkpoint_sha256}")
+        """A failed version is remembered by its content: rewriting any of its files (model.json, which
+        records every other file's SHA-256) makes it a new attempt."""
+        return (name, version, hashlib.sha256(manifest.to_json().encode()).hexdigest())
 
     # -- loading -----------------------------------------------------------------------------------
 
@@ -381,6 +400,7 @@ class ModelManager:
             warmup_batch_sizes=warmup_batch_sizes(s.max_batch_size, s.preferred_batch_sizes),
             log_level=s.log_level if s.log_level != "info" else "warning",
             extra_pythonpath=self.extra_pythonpath,
+            infer_timeout_s=s.infer_timeout_s,
         )
         return ManagedInstance(worker, restart_wait_s=s.request_timeout_ms / 1000.0)
 
@@ -444,26 +464,40 @@ class ModelManager:
         if self._closing:
             await self._stop_instances(loaded.instances)
             raise ServingError(ErrorKind.UNAVAILABLE, "server is shutting down")
-        batcher = Batcher(
-            name, loaded.instances, version=loaded.version, config=self._batcher_config(),
-            metrics=self.metrics, item_shape=loaded.item_shape,
-        )
+        try:
+            batcher = Batcher(
+                name, loaded.instances, version=loaded.version, config=self._batcher_config(),
+                metrics=self.metrics, item_shape=loaded.item_shape,
+            )
+        except Exception as exc:  # e.g. instances that disagree on fixed batch sizes
+            await self._stop_instances(loaded.instances)
+            why = f"{type(exc).__name__}: {exc}"
+            raise self._load_failed(name, version, manifest, "load_error", why) from None
         self.models[name] = ServedModel(name, batcher, loaded, {loaded.version: loaded})
         self.metrics.set_serving(name, loaded.version, loaded.runtime, loaded.device)
         log.info("model %s: serving version %s", name, loaded.version)
 
     async def _swap(self, served: ServedModel, version: int, manifest: ModelManifest) -> None:
-        """Hot swap ``served`` to ``version``: load + warm, switch, drain and stop the old instances."""
+        """Hot swap ``served`` to ``version``: load + warm, switch, drain and stop the old instances.
+        Atomic: until the batcher has switched, any failure stops the new instances and leaves the old
+        version serving, and the metadata names the version the batcher runs."""
         loaded = await self._load_version(served.name, version, manifest)
         if self._closing or not served.batcher.accepting:
             await self._stop_instances(loaded.instances)
             raise ServingError(ErrorKind.UNAVAILABLE, "server is shutting down")
+        try:
+            replacing = served.batcher.switch(
+                loaded.instances, version=loaded.version, item_shape=loaded.item_shape
+            )
+        except Exception as exc:
+            await self._stop_instances(loaded.instances)
+            if isinstance(exc, ServingError) and exc.kind is ErrorKind.UNAVAILABLE:
+                raise  # shutting down: nothing wrong with the version
+            raise self._load_failed(served.name, version, manifest, "load_error",
+                                    f"{type(exc).__name__}: {exc}") from None
         old = served.current
         served.versions[loaded.version] = loaded
-        served.current = loaded  # the batcher switches in the same step (no await in between)
-        replacing = served.batcher.replace_instances(
-            loaded.instances, version=loaded.version, item_shape=loaded.item_shape
-        )
+        served.current = loaded  # the batcher switched in the same step (no await in between)
         self.metrics.set_serving(served.name, loaded.version, loaded.runtime, loaded.device)
         log.info("model %s: switched from version %s to %s; draining the old one", served.name,
                  old.version, loaded.version)
@@ -479,16 +513,29 @@ class ModelManager:
     # -- health bookkeeping ------------------------------------------------------------------------
 
     def refresh_metrics(self) -> None:
-        """Count worker restarts since the last call (``ddrnet_worker_restarts_total``)."""
+        """Count worker restarts and failed restart attempts since the last call
+        (``ddrnet_worker_restarts_total{reason="worker_died" | "restart_failed"}``)."""
         for served in self.models.values():
             for version in list(served.versions.values()):
                 for instance in version.instances:
-                    count = instance.worker.restarts
-                    seen = self._restarts_seen.get(id(instance), 0)
-                    if count > seen:
-                        counter = self.metrics.worker_restarts_total.labels(served.name, "worker_died")
-                        counter.inc(count - seen)
-                        self._restarts_seen[id(instance)] = count
+                    for reason, count in (("worker_died", instance.worker.restarts),
+                                          ("restart_failed", instance.worker.restart_failures)):
+                        key = (id(instance), reason)
+                        seen = self._restarts_seen.get(key, 0)
+                        if count > seen:
+                            self.metrics.worker_restarts_total.labels(served.name, reason).inc(count - seen)
+                            self._restarts_seen[key] = count
+
+    def longest_down(self) -> tuple[float, str]:
+        """(seconds, instance name) of the served instance longest without a working worker."""
+        worst = (0.0, "")
+        now = time.monotonic()
+        for served in self.models.values():
+            for instance in served.current.instances:
+                down = instance.worker.down_for(now)
+                if down > worst[0]:
+                    worst = (down, instance.worker.name)
+        return worst
 
     # -- shutdown ----------------------------------------------------------------------------------
 

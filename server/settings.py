@@ -83,6 +83,16 @@ class ServerSettings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (width x height)")
     max_images_per_request: int = Field(64, ge=1, le=4096, description="images in one classify request")
 
+    infer_timeout_s: float = Field(
+        120.0, gt=0, le=86_400,
+        description="a batch running longer means a hung worker: it is killed and restarted, the batch "
+        "retried once",
+    )
+    max_worker_down_s: float = Field(
+        300.0, ge=0,
+        description="liveness fails once an instance has had no working worker this long (its restarts keep "
+        "failing), so Kubernetes restarts the pod (0 = never)",
+    )
     poll_interval_s: float = Field(5.0, ge=0, description="repository poll period (0 = never reload)")
     shutdown_timeout_s: float = Field(30.0, ge=0, description="SIGTERM drain bound")
 

@@ -2,8 +2,8 @@
 
 Used by the Dockerfile's HEALTHCHECK (slim images have no curl). Ready means every model is loaded
 and warmed, so an unhealthy container is one that cannot serve. The address follows the server's
-own configuration: ``--http-host``/``--http-port``/``--tls-cert`` on the command line of PID 1 (the
-``ddrnet serve`` entry point), else ``DDRNET_HTTP_HOST``/``DDRNET_HTTP_PORT``/``DDRNET_TLS_CERT``,
+own configuration: ``--http-host``/``--http-port``/``--tls-cert`` on the command line of PID 1 (``tini
+-- ddrnet serve ...``, the entry point), else ``DDRNET_HTTP_HOST``/``DDRNET_HTTP_PORT``/``DDRNET_TLS_CERT``,
 else the defaults (port 8000, plain HTTP). Standard library only: it runs in the server's venv but
 must not import the server.
 """

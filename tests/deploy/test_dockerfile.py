@@ -144,7 +144,9 @@ def test_final_stage_runs_as_a_numeric_non_root_user(final: Stage) -> None:
 
 
 def test_entrypoint_and_default_command(final: Stage) -> None:
-    assert exec_form(final.last("ENTRYPOINT").value) == ["ddrnet", "serve"]
+    # tini as PID 1 reaps orphaned worker grandchildren and forwards SIGTERM to the server
+    assert exec_form(final.last("ENTRYPOINT").value) == ["tini", "--", "ddrnet", "serve"]
+    assert any("tini" in run.value.split() for run in final.all("RUN")), "tini is installed"
     cmd = exec_form(final.last("CMD").value)
     options = serve_options(cmd)  # every word is a real `ddrnet serve` option
     assert options == {"model_repository": "/models", "http_host": "0.0.0.0", "grpc_host": "0.0.0.0"}

@@ -221,7 +221,7 @@ def quantity_cpus(value: str | int) -> float:
 
 def test_deployment_runs_the_images_command_and_options(final_stage: Stage, tmp_path: Path) -> None:
     container = server_container()
-    assert container.get("command") is None, "the image ENTRYPOINT (ddrnet serve) must stay"
+    assert container.get("command") is None, "the image ENTRYPOINT (tini -- ddrnet serve) must stay"
     assert container["args"] == exec_form(final_stage.last("CMD").value)
     config = find("ConfigMap")
     assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]

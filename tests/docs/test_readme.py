@@ -439,7 +439,7 @@ def _check_docker(argv: list[str], built: set[str]) -> None:
     image, rest = words[0], words[1:]
     assert image in built, f"image {image} is not built by a `docker build -t` shown in the README"
     entry = next(i["value"] for i in parser.structure if i["instruction"] == "ENTRYPOINT")
-    assert json.loads(entry) == ["ddrnet", "serve"]
+    assert json.loads(entry) == ["tini", "--", "ddrnet", "serve"]
     _parse_ddrnet(["serve", *rest])
 
 

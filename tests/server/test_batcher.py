@@ -577,3 +577,75 @@ def test_config_names_the_bad_value() -> None:
         BatcherConfig(max_queue_delay_ms=-5)
     with pytest.raises(ValueError, match="preprocess_wait_ms must be >= 0, got -1"):
         BatcherConfig(preprocess_wait_ms=-1)
+
+
+class FlakyInstance(FakeModel):
+    """A fake instance with the worker client's ``ready`` flag: its worker can 'die' (the batch in
+    flight fails with reason worker_died) and come back after ``restart_s``."""
+
+    def __init__(self, name: str, restart_s: float = 0.3):
+        super().__init__(name)
+        self.ready = True
+        self.restart_s = restart_s
+        self.die_next = False
+        self.deadlines: list[float | None] = []
+
+    async def infer(self, batch: np.ndarray, deadline: float | None = None) -> np.ndarray:
+        self.deadlines.append(deadline)
+        if self.die_next:
+            self.die_next = False
+            self.ready = False
+            asyncio.get_running_loop().call_later(self.restart_s, setattr, self, "ready", True)
+            raise ServingError(ErrorKind.UNAVAILABLE, f"worker of {self.name} was killed",
+                               reason="worker_died")
+        while not self.ready:  # like ManagedInstance: wait for the restart within the deadline
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ServingError(ErrorKind.UNAVAILABLE, "restarting", reason="not_ready")
+            await asyncio.sleep(0.01)
+        return await super().infer(batch)
+
+
+def test_a_batch_whose_worker_dies_runs_again_and_answers() -> None:
+    async def main():
+        metrics = new_metrics()
+        lone = FlakyInstance("a")
+        batcher = Batcher("m", [lone], version="1", metrics=metrics)
+        lone.die_next = True
+        check(await batcher.infer([item(1), item(2)]), [1, 2])  # on the restarted worker
+        assert len(lone.batches) == 1 and sample(metrics, "ddrnet_batch_retries_total", model="m",
+                                                 reason="worker_died") == 1
+        assert lone.deadlines[0] is not None and lone.deadlines[0] > time.monotonic()  # deadline passed on
+        # With a ready sibling free, the retry goes there at once.
+        a, b = FlakyInstance("a", restart_s=5.0), FlakyInstance("b")
+        pair = Batcher("m", [a, b], version="1", metrics=metrics)
+        a.die_next = True
+        b.die_next = False
+        started = time.monotonic()
+        check(await pair.infer([item(3)]), [3])
+        assert time.monotonic() - started < 4.0 and [len(a.batches), len(b.batches)] == [0, 1]
+        # While a is restarting, new batches go to b only.
+        for tag in (4, 5, 6):
+            check(await pair.infer([item(tag)]), [tag])
+        assert len(a.batches) == 0 and len(b.batches) == 4
+
+    run(main())
+
+
+def test_a_second_worker_death_fails_the_batch_once() -> None:
+    async def main():
+        lone = FlakyInstance("a", restart_s=0.1)
+        batcher = Batcher("m", [lone], version="1")
+        lone.die_next = True
+        original = lone.infer
+
+        async def die_twice(batch, deadline=None):
+            if lone.deadlines:  # the retry dies too
+                lone.die_next = True
+            return await original(batch, deadline)
+
+        lone.infer = die_twice
+        with pytest.raises(ServingError) as info:
+            await batcher.infer([item(1)])
+        assert info.value.reason == "worker_died" and len(lone.deadlines) == 2
+
+    run(main())

@@ -602,3 +602,40 @@ def test_image_lists_over_the_limit_are_refused_before_base64_decoding(repositor
             assert labels_of(ok) == ["red"] and decoded == [1]
 
     run(main())
+
+
+def test_liveness_fails_once_an_instance_stays_down_past_the_bound(repository, monkeypatch) -> None:
+    """Restarts that keep failing (here: spawning raises) flip /v2/health/live to 503 after
+    --max-worker-down-s, so Kubernetes restarts the pod; readiness is false meanwhile."""
+    real_spawn = asyncio.create_subprocess_exec
+    broken = {"on": False}
+
+    async def spawn(*args, **kwargs):
+        if broken["on"]:
+            raise OSError(12, "Cannot allocate memory")
+        return await real_spawn(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spawn)
+
+    async def main():
+        async with serving(repository, max_worker_down_s=0.5) as (client, core):
+            assert (await client.get("/v2/health/live")).status_code == 200
+            broken["on"] = True
+            worker = core.manager.get("fake").current.instances[0].worker
+            os.kill(worker.pid, signal.SIGKILL)
+            for _ in range(100):
+                if (await client.get("/v2/health/live")).status_code == 503:
+                    break
+                await asyncio.sleep(0.05)
+            live = await client.get("/v2/health/live")
+            assert live.status_code == 503 and live.json() == {"live": False}
+            assert (await client.get("/v2/health/ready")).status_code == 503
+            assert worker.restart_failures >= 1
+            broken["on"] = False  # the cause goes away: the worker comes back, liveness recovers
+            for _ in range(200):
+                if worker.ready:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await client.get("/v2/health/live")).status_code == 200
+
+    run(main())

@@ -17,10 +17,20 @@ from server.core import InferInput
 from server.errors import ErrorKind, ServingError
 from server.model_manager import StartupError, warmup_batch_sizes
 from tests.support import server_fixtures as sf
+from tests.support.fake_runtimes import SLOW
 
 
 def run(coro, timeout: float = 90.0):
     return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def wait_for(predicate, timeout_s: float) -> bool:
+    """Poll ``predicate`` every 50 ms for at most ``timeout_s``."""
+    for _ in range(int(timeout_s / 0.05)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return predicate()
 
 
 def red() -> bytes:
@@ -231,11 +241,29 @@ def test_killed_worker_fails_only_its_batch_and_comes_back(tmp_path) -> None:
             await asyncio.sleep(0.1)
             result = await core.classify([red()], model="fake", protocol="http")
             assert result.results[0][0].label == "red" and worker.pid != first_pid
-            # Worker killed with a batch in flight: that batch fails UNAVAILABLE, the next succeeds.
-            hang = np.full((1, 3, 8, 8), -2.0, np.float32)
-            inflight = asyncio.ensure_future(core.infer(
-                model="fake", version=None, inputs=[InferInput("input", "FP32", [1, 3, 8, 8], hang)],
-                protocol="grpc"))
+            # Worker killed with a batch in flight: the batch runs again on the restarted worker, and
+            # the request gets its answer (a crash costs latency, not an error).
+            slow = np.full((1, 3, 8, 8), SLOW, np.float32)
+
+            def infer_slow():
+                return asyncio.ensure_future(core.infer(
+                    model="fake", version=None, inputs=[InferInput("input", "FP32", [1, 3, 8, 8], slow)],
+                    protocol="grpc"))
+
+            inflight = infer_slow()
+            await asyncio.sleep(0.5)
+            os.kill(worker.pid, signal.SIGKILL)
+            answer = await inflight
+            np.testing.assert_allclose(answer.outputs[0].data, [[SLOW] * 3])
+            retries = sf.sample(core.metrics, "ddrnet_batch_retries_total", model="fake",
+                                reason="worker_died")
+            assert retries == 1
+            # Killed again during the retry: the second loss is the request's error.
+            inflight = infer_slow()
+            await asyncio.sleep(0.5)
+            retried_pid = worker.pid
+            os.kill(retried_pid, signal.SIGKILL)
+            assert await wait_for(lambda: worker.ready and worker.pid != retried_pid, 30)
             await asyncio.sleep(0.5)
             os.kill(worker.pid, signal.SIGKILL)
             with pytest.raises(ServingError) as info:
@@ -245,7 +273,7 @@ def test_killed_worker_fails_only_its_batch_and_comes_back(tmp_path) -> None:
             assert result.results[0][0].label == "blue"
             core.manager.refresh_metrics()
             assert sf.sample(core.metrics, "ddrnet_worker_restarts_total", model="fake",
-                             reason="worker_died") == 2
+                             reason="worker_died") == 4
 
     run(main())
 
@@ -274,3 +302,45 @@ def test_repository_helpers_publish_like_an_exporter(tmp_path) -> None:
     version = sf.copy_version(source, tmp_path / "b", "copy")
     assert version == 1
     assert repo.check_version(tmp_path / "b" / "copy" / "1").name == "copy"
+
+
+def test_a_swap_failing_with_any_exception_leaves_the_old_version_serving(tmp_path, monkeypatch) -> None:
+    """A hot swap that fails at the switch with an unexpected exception: the old version keeps serving
+    and the metadata says so, the new version's workers are stopped, the failure is counted and not
+    retried every poll; rewriting the version's files makes it a new attempt."""
+    from server.batcher import Batcher
+
+    sf.make_fake_version(tmp_path, "fake", 1)
+    attempts = []
+    real_switch = Batcher.switch
+
+    def failing_switch(self, *args, **kwargs):
+        attempts.append(kwargs.get("version"))
+        raise RuntimeError("switch exploded")
+
+    async def main():
+        async with sf.started_core(sf.settings_for(tmp_path)) as core:
+            manager = core.manager
+            monkeypatch.setattr(Batcher, "switch", failing_switch)
+            v2 = sf.make_fake_version(tmp_path, "fake", 2)
+            await manager.poll_once()
+            await manager.poll_once()
+            assert attempts == ["2"]  # remembered: not retried on the next poll
+            served = manager.get("fake")
+            assert served.current.version == "1" and list(served.versions) == ["1"]
+            assert core.model_metadata("fake").versions == ["1"]
+            assert (await core.classify([red()], model="fake", protocol="http")).version == "1"
+            assert sf.sample(core.metrics, "ddrnet_model_load_failures_total", model="fake",
+                             reason="load_error") == 1
+            workers = [i.worker for i in served.current.instances]
+            assert all(w.ready for w in workers)
+            # the failed version's worker processes were stopped: only v1's are alive
+            assert sorted(sf.worker_pids(os.getpid())) == sorted(w.pid for w in workers)
+            # rewriting v2's files is a new attempt, which now succeeds
+            monkeypatch.setattr(Batcher, "switch", real_switch)
+            shutil.rmtree(v2)
+            sf.make_fake_version(tmp_path, "fake", 2, preprocess={"crop_pct": 0.9})
+            await manager.poll_once()
+            assert manager.get("fake").current.version == "2"
+
+    run(main())

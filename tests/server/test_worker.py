@@ -25,7 +25,7 @@ from inference.worker_protocol import ProtocolError, decode_body, decode_length,
 from model.manifest import ModelManifest, load_manifest
 from server.errors import ErrorKind, ServingError
 from tests.support import runtime_fixtures as rf
-from tests.support.fake_runtimes import BAD_VALUE, FAIL, HANG, fake_manifest
+from tests.support.fake_runtimes import BAD_VALUE, FAIL, HANG, SLOW, fake_manifest
 
 FAKE = "tests.support.fake_runtimes:FakeRuntime"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -343,3 +343,75 @@ def test_fixed_batch_sizes_above_the_maximum_are_not_used(tmp_path: Path, shm_di
             await none_fits.start()
 
     run(scenario())
+
+
+def test_restart_survives_spawn_failures_and_counts_them(tmp_path: Path, shm_dir: Path, monkeypatch) -> None:
+    """An OSError from spawning the worker (EAGAIN, ENOMEM, a replaced interpreter) is retried with
+    backoff and counted, not the end of the instance; the time without a worker is reported."""
+    async def scenario() -> None:
+        inst = fake_instance(tmp_path, shm_dir)
+        await inst.start()
+        real_spawn = asyncio.create_subprocess_exec
+        failures = {"left": 3}
+
+        async def flaky_spawn(*args, **kwargs):
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise OSError(11, "Resource temporarily unavailable")
+            return await real_spawn(*args, **kwargs)
+
+        monkeypatch.setattr(asyncio, "create_subprocess_exec", flaky_spawn)
+        try:
+            os.kill(inst.pid, signal.SIGKILL)
+            for _ in range(200):  # noticed
+                if not inst.ready and inst.down_since is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert inst.down_since is not None
+            for _ in range(400):  # back, after three failed attempts
+                if inst.ready:
+                    break
+                await asyncio.sleep(0.05)
+            assert inst.ready and inst.restart_failures == 3 and inst.restarts == 1
+            assert inst.down_for() == 0.0 and inst.down_since is None
+            good = images_with_first_pixel(0.25, n=2)
+            np.testing.assert_allclose(await inst.infer(good), good.mean(axis=(2, 3)), rtol=1e-6)
+        finally:
+            await inst.stop()
+
+    run(scenario())
+
+
+def test_a_late_reply_is_dropped_not_read_as_the_next_batchs(tmp_path: Path, shm_dir: Path) -> None:
+    """A batch given up on (its caller cancelled) still gets a reply from the worker later; the request
+    id in every reply keeps it from being taken for the next batch's."""
+    async def scenario() -> None:
+        inst = fake_instance(tmp_path, shm_dir)
+        await inst.start()
+        try:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(inst.infer(images_with_first_pixel(SLOW, n=1)), 0.3)
+            good = images_with_first_pixel(0.5, n=3)
+            out = await inst.infer(good)  # queued behind the slow one in the worker, answered after it
+            assert out.shape == (3, 3)
+            np.testing.assert_allclose(out, good.mean(axis=(2, 3)), rtol=1e-6)
+            assert inst.pid is not None and inst.restarts == 0
+        finally:
+            await inst.stop()
+
+    run(scenario())
+
+
+def test_stale_shared_memory_of_dead_servers_is_removed(tmp_path: Path) -> None:
+    from inference import shm
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(gone.stdout)
+    stale = tmp_path / f"ddrnet-{dead_pid}-0123456789ab"
+    live = tmp_path / f"ddrnet-{os.getpid()}-0123456789ab"
+    other = tmp_path / "ddrnet-notapid-x"
+    for path in (stale, live, other):
+        path.write_bytes(b"\0" * 16)
+    assert shm.remove_stale(str(tmp_path)) == [str(stale)]
+    assert not stale.exists() and live.exists() and other.exists()

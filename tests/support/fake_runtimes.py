@@ -1,12 +1,12 @@
 """A fake runtime for worker-process tests (loaded by the worker as
 ``tests.support.fake_runtimes:FakeRuntime``).
 
-Its logits are the per-channel means of each image (``[N, 3]``), so results are checkable by eye.
-The first pixel of a batch steers it: ``-1`` raises (a runtime failure in one batch), ``-2`` sleeps
-for a minute (a batch in flight to kill, or a hung worker), ``-3`` raises ValueError, ``-4`` returns
-NaN logits. :class:`NanRuntime` answers NaN for everything. ``options["fixed"]`` declares fixed batch
-sizes; ``options["noisy"]`` prints to stdout at load. Python 3.7 compatible like every worker-side module.
-"""
+Its logits are the per-channel means of each image (``[N, 3]``), so results are checkable by eye. The
+first pixel of a batch steers it: ``-1`` raises (a runtime failure in one batch), ``-2`` sleeps for a
+minute (a hung worker), ``-3`` raises ValueError, ``-4`` returns NaN logits, ``-5`` takes two seconds (a
+batch in flight to kill). :class:`NanRuntime` answers NaN for everything. ``options["fixed"]`` declares
+fixed batch sizes; ``options["noisy"]`` prints to stdout at load. Python 3.7 compatible like every
+worker-side module."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ FAIL = -1.0
 HANG = -2.0
 BAD_VALUE = -3.0  # the runtime raises ValueError (a server fault, whatever the exception type)
 NAN = -4.0  # the runtime returns NaN logits
+SLOW = -5.0  # the batch takes 2 s (a batch in flight to kill; its retry takes 2 s again)
 
 
 class FakeRuntime(Runtime):
@@ -50,6 +51,8 @@ class FakeRuntime(Runtime):
             raise RuntimeError("injected runtime failure")
         if first == HANG:
             time.sleep(60)
+        if first == SLOW:
+            time.sleep(2.0)
         if first == BAD_VALUE:
             raise ValueError("injected ValueError from the runtime")
         if first == NAN:

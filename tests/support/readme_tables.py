@@ -38,7 +38,7 @@ ERROR_MEANINGS = {
     "NOT_FOUND": "unknown model or version",
     "QUEUE_FULL": "the model's queue is full (`Retry-After` / `grpc-retry-pushback-ms`)",
     "DEADLINE_EXCEEDED": "the request's deadline passed while it waited",
-    "UNAVAILABLE": "not ready, shutting down, or the worker died during the batch",
+    "UNAVAILABLE": "not ready, shutting down, or the batch lost its worker twice (once is run again)",
     "INTERNAL": "the runtime failed on the batch holding this request (that batch only)",
     "UNAUTHENTICATED": "missing or wrong bearer token (`--auth-token`)",
     "CANCELLED": "the client went away (an upload cut off, a cancelled call): counted, never answered",
