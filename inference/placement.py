@@ -48,6 +48,18 @@ def available_cores() -> int:
     return max(1, cores)
 
 
+def memory_limit_bytes() -> int:
+    """Memory this process may use: a cgroup v2 limit (``memory.max``, a container's) when one is set,
+    else the machine's physical memory."""
+    try:
+        value = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if value != "max":
+            return int(value)
+    except (OSError, ValueError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 @dataclass(frozen=True)
 class Placement:
     """Worker processes per model, runtime threads in each, and image decode threads."""

@@ -49,8 +49,9 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -81,6 +82,7 @@ __all__ = [
     "ImageTooLargeError",
     "PreprocessConfig",
     "decode_image",
+    "open_image",
     "resolve_preprocess",
     "to_rgb",
 ]
@@ -105,6 +107,15 @@ DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "PPM")
 #: bomb limit (``Image.MAX_IMAGE_PIXELS`` × 2, about 179 MP) still applies above it.
 DEFAULT_MAX_PIXELS = 40_000_000
 
+#: Rows of a float image converted at once (see ``_float_to_gray``).
+FLOAT_STRIP_BYTES = 4 << 20
+
+#: Bytes Pillow stores per pixel of a mode; every other mode (RGB, RGBA, CMYK, YCbCr, LA, …) takes 4.
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
+#: Extra bytes per source pixel that converting a mode to RGB or L allocates (see ``_to_rgb_or_gray``).
+_CONVERT_BYTES = {"RGB": 0, "L": 0, "1": 1, "LA": 1, "La": 1, "I;16": 3, "I;16L": 9, "I;16B": 9, "I;16N": 9,
+                  "I": 5, "F": 1}
+
 #: ``reason`` values of the errors below.
 ERROR_REASONS = {
     "empty": "no bytes at all",
@@ -113,10 +124,13 @@ ERROR_REASONS = {
     "unsupported_format": "a format Pillow knows but this service does not accept",
     "unsupported_mode": "a pixel mode that cannot be converted to RGB",
     "too_many_pixels": "declared size (or the resize it needs) over the pixel limit",
+    "too_much_memory": "decoding it would need more memory than the server's decode budget",
 }
 
 #: Encoded bytes (also a 1-D uint8 array, as mindspore.dataset passes file contents) or a PIL image.
 ImageInput = bytes | bytearray | memoryview | np.ndarray | Image.Image
+#: ``reserve(nbytes)``: a context manager that holds ``nbytes`` of a decode memory budget.
+Reserve = Callable[[int], AbstractContextManager]
 
 
 class ImageError(ValueError):
@@ -156,7 +170,20 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     formats: Sequence[str] = DEFAULT_FORMATS,
 ) -> Image.Image:
-    """Decode encoded bytes into a loaded PIL image (first frame, mode as decoded).
+    """Decode encoded bytes into a loaded PIL image (first frame, mode as decoded): :func:`open_image`,
+    then its pixels."""
+    img = open_image(data, max_pixels, formats)
+    _load(img)
+    return img
+
+
+def open_image(
+    data: bytes | bytearray | memoryview,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+) -> Image.Image:
+    """Read only the header of encoded bytes: a lazily opened PIL image whose pixels are not decoded
+    yet (size, mode and format known, so the cost of decoding can be checked first).
 
     The declared width × height is checked against ``max_pixels`` before the pixel data is decoded.
     Raises :class:`ImageDecodeError` or :class:`ImageTooLargeError`. Pillow's own guard still runs
@@ -196,7 +223,6 @@ def decode_image(
             f"image too large: {width}x{height} = {width * height} pixels, limit {max_pixels}",
             "too_many_pixels",
         )
-    _load(img)
     return img
 
 
@@ -239,18 +265,16 @@ def _to_rgb_or_gray(img: Image.Image) -> Image.Image:
         return img
     if mode in ("1", "LA"):
         return img.convert("L")  # same numbers as convert("RGB") in one band
-    if mode.startswith("I;16"):
-        return Image.fromarray(_16_to_8(np.asarray(img)))
+    if mode.startswith("I;16"):  # Pillow's point() takes "I;16" only; the other layouts go through "I"
+        source = img if mode == "I;16" else img.convert("I")
+        return source.point(_sixteen_to_eight).convert("L")
     if mode == "I":
-        v = np.asarray(img)
-        if v.size and int(v.max()) <= 255:
-            return Image.fromarray(np.clip(v, 0, 255).astype(np.uint8))
-        return Image.fromarray(_16_to_8(v))
+        _low, high = img.getextrema()
+        if high <= 255:
+            return img.convert("L")  # clips negatives to 0
+        return img.point(_sixteen_to_eight).convert("L")  # convert("L") clips to 0…255
     if mode == "F":
-        v = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        if v.size and float(v.max()) <= 1.0:
-            v = v * np.float32(255)
-        return Image.fromarray(np.rint(np.clip(v, 0, 255)).astype(np.uint8))
+        return _float_to_gray(img)
     try:
         return img.convert("RGB")
     except ValueError:
@@ -264,10 +288,33 @@ def _to_rgb_or_gray(img: Image.Image) -> Image.Image:
     raise ImageDecodeError(message, "unsupported_mode")
 
 
-def _16_to_8(v: np.ndarray) -> np.ndarray:
-    """0…65535 (clipped) → 0…255 as round(v / 257), in integers."""
-    v = np.clip(v, 0, 65535).astype(np.uint32)
-    return ((v + 128) // 257).astype(np.uint8)
+def _sixteen_to_eight(v: Any) -> Any:
+    """0…65535 → 0…255 as ``(v + 128) // 257`` (round(v / 257)): a linear map Pillow's ``point`` applies
+    in C on the image itself, exact for every 16-bit value (no numpy temporaries of the whole image)."""
+    return v * (1 / 257) + 128 / 257
+
+
+def _float_to_gray(img: Image.Image) -> Image.Image:
+    """Mode ``F``: non-finite → 0; all values ≤ 1.0 → ``v * 255``; clipped to 0…255; rounded. Pillow has
+    no NaN handling (and its F→L conversion truncates), so numpy does it, a strip of rows at a time:
+    temporaries of a few MiB however large the image."""
+    width, height = img.size
+    rows = max(1, FLOAT_STRIP_BYTES // (4 * width))
+    strips = [(top, min(height, top + rows)) for top in range(0, height, rows)]
+
+    def strip(top: int, bottom: int) -> np.ndarray:
+        v = np.asarray(img.crop((0, top, width, bottom)), dtype=np.float32)
+        return np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0)
+
+    scale = max(float(strip(t, b).max()) for t, b in strips) <= 1.0
+    out = np.empty((height, width), dtype=np.uint8)
+    for top, bottom in strips:
+        v = strip(top, bottom)
+        if scale:
+            v *= np.float32(255)
+        np.clip(v, 0, 255, out=v)
+        out[top:bottom] = np.rint(v)
+    return Image.fromarray(out)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -338,12 +385,13 @@ class EvalTransform:
                 raise type(exc)(f"image {i}: {exc}", exc.reason) from None
         return out
 
-    def transform_into(self, image: ImageInput, out: np.ndarray) -> None:
-        """Write the transformed ``image`` into ``out`` (float32, shape ``(3, S, S)``, writable)."""
+    def transform_into(self, image: ImageInput, out: np.ndarray, reserve: Reserve | None = None) -> None:
+        """Write the transformed ``image`` into ``out`` (float32, shape ``(3, S, S)``, writable);
+        ``reserve`` as in :meth:`resized_crop`."""
         if out.shape != self.output_shape or out.dtype != np.float32:
             expected = self.output_shape
             raise ValueError(f"out must be a float32 array of shape {expected}, got {out.dtype} {out.shape}")
-        pixels = self.resized_crop(image)
+        pixels = self.resized_crop(image, reserve)
         if pixels.ndim == 2:
             np.copyto(out, pixels[None], casting="unsafe")  # grey: one band to three channels
         else:
@@ -353,18 +401,46 @@ class EvalTransform:
         np.subtract(out, self._mean, out=out)
         np.divide(out, self._std, out=out)
 
-    def resized_crop(self, image: ImageInput) -> np.ndarray:
-        """Steps 1–4: uint8 ``(S, S, 3)``, or ``(S, S)`` for a greyscale image (same value in R, G, B)."""
+    def decode_cost(self, img: Image.Image) -> int:
+        """Bytes decoding and transforming ``img`` (opened, not yet loaded) allocates at the most: its
+        pixels in Pillow's layout for its mode (16-bit 2, float 4, RGB/CMYK/alpha 4 per pixel), the
+        conversion to RGB or grey, the EXIF rotation, the resize and the crop. Known from the header,
+        before one pixel is decoded (only the first frame of a multi-frame image is decoded)."""
+        width, height = img.size
+        pixels = width * height
+        mode = img.mode
+        cost = pixels * (_PIXEL_BYTES.get(mode, 4) + _CONVERT_BYTES.get(mode, 4))
+        if self.config.apply_exif_orientation:
+            cost += pixels * _PIXEL_BYTES.get(mode, 4)
+        if mode == "F":
+            cost += 2 * FLOAT_STRIP_BYTES
+        new_w, new_h = self._resized_size(width, height)
+        grey = mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
+        cost += new_w * new_h * (1 if grey else 4)
+        return cost + 3 * self.config.image_size**2
+
+    def resized_crop(self, image: ImageInput, reserve: Reserve | None = None) -> np.ndarray:
+        """Steps 1–4: uint8 ``(S, S, 3)``, or ``(S, S)`` for a greyscale image (same value in R, G, B).
+
+        ``reserve(nbytes)``, when given, is entered with :meth:`decode_cost` after the header is read
+        and before the pixels are decoded, and left once the crop is taken: how a server keeps the
+        memory of images being decoded at once under a budget (it may wait, or raise)."""
         if isinstance(image, Image.Image):
-            img = image
-            _load(img)  # a lazily opened file decodes here; a loaded image returns at once
+            img = image  # a lazily opened file decodes below; a loaded image is used as it is
         elif isinstance(image, (bytes, bytearray, memoryview)):
-            img = decode_image(image, self.max_pixels, self.formats)
+            img = open_image(image, self.max_pixels, self.formats)
         elif isinstance(image, np.ndarray) and image.ndim == 1 and image.dtype == np.uint8:
             # encoded file bytes as mindspore.dataset hands them to a Python map operation
-            img = decode_image(memoryview(np.ascontiguousarray(image)), self.max_pixels, self.formats)
+            img = open_image(memoryview(np.ascontiguousarray(image)), self.max_pixels, self.formats)
         else:
             raise TypeError(f"image must be bytes or a PIL image, got {type(image).__name__}")
+        if reserve is None:
+            return self._resized_crop(img)
+        with reserve(self.decode_cost(img)):
+            return np.array(self._resized_crop(img))  # a copy: the crop, not a view of the resized image
+
+    def _resized_crop(self, img: Image.Image) -> np.ndarray:
+        _load(img)
         if self.config.apply_exif_orientation:
             img = _exif_upright(img)
         img = _to_rgb_or_gray(img)

@@ -115,7 +115,7 @@ async def serve(
         log.warning("removed shared memory left by a server that is gone: %s", path)
     metrics = ServerMetrics(process_collectors=True)
     manager = ModelManager(settings, metrics, runtime=runtime, extra_pythonpath=extra_pythonpath)
-    preprocessor = Preprocessor(settings.preprocess_workers or 1)
+    preprocessor = Preprocessor(settings.preprocess_workers or 1, settings.max_decode_memory_bytes)
     core = DataPlane(settings, manager, preprocessor, metrics)
     health = HealthReporter(core)
 

@@ -283,7 +283,7 @@ class DataPlane:
         with served.batcher.reserve(len(images), deadline=deadline) as reservation:
             call.version = reservation.version
             info = served.version(reservation.version)
-            arrays = await self._preprocess(info, images)
+            arrays = await self._preprocess(info, images, deadline)
             result = await reservation.infer(list(arrays))
         logits = np.stack(result.outputs)
         if not np.isfinite(logits).all():  # scores would be NaN: a model fault, answered as one
@@ -362,7 +362,7 @@ class DataPlane:
             call.version = reservation.version
             info = served.version(reservation.version)
             if inp.name == IMAGES_INPUT:
-                arrays = await self._preprocess(info, images)
+                arrays = await self._preprocess(info, images, deadline)
             else:
                 if tuple(tensor.shape[1:]) != info.item_shape:  # a hot swap changed the input size
                     raise _invalid(
@@ -399,9 +399,9 @@ class DataPlane:
                 reason="too_many_images",
             )
 
-    async def _preprocess(self, info: ServedVersion, images: Sequence[bytes]) -> np.ndarray:
+    async def _preprocess(self, info: ServedVersion, images: Sequence[bytes], deadline: float) -> np.ndarray:
         started = time.monotonic()
-        arrays = await self.preprocessor.run(info.transform, images)
+        arrays = await self.preprocessor.run(info.transform, images, deadline)
         self.metrics.preprocess_duration.labels(info.model, info.version).observe(time.monotonic() - started)
         return arrays
 

@@ -100,6 +100,7 @@ IMAGE_ERROR_KINDS = {
     "unsupported_format": ErrorKind.UNSUPPORTED_MEDIA,
     "unsupported_mode": ErrorKind.UNSUPPORTED_MEDIA,
     "too_many_pixels": ErrorKind.PAYLOAD_TOO_LARGE,
+    "too_much_memory": ErrorKind.PAYLOAD_TOO_LARGE,
 }
 
 

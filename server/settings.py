@@ -19,7 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from inference.placement import derive_placement
+from inference.placement import derive_placement, memory_limit_bytes
 
 # Default of preprocess_wait_ms: about two photos' decode + transform on one core (BENCHMARKS.md,
 # "Preprocessing": 4-10 ms, 25 ms for a large photo).
@@ -81,6 +81,12 @@ class ServerSettings(BaseSettings):
         100, ge=1, le=1_000_000, description="concurrent calls per gRPC connection (HTTP/2 streams)",
     )
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (width x height)")
+    max_decode_memory_bytes: int | None = Field(
+        None, ge=1 << 20,
+        description="memory images being decoded may hold at once (mode-aware estimate from each header); "
+        "an image over it is 413, a request that cannot get room in time 503 (default: a quarter of the "
+        "memory limit, at least one largest image, at most 4 GiB)",
+    )
     max_images_per_request: int = Field(64, ge=1, le=4096, description="images in one classify request")
 
     infer_timeout_s: float = Field(
@@ -173,7 +179,22 @@ def derive_defaults(settings: ServerSettings) -> ServerSettings:
     settings.instances = placement.instances
     settings.threads_per_instance = placement.threads_per_instance
     settings.preprocess_workers = placement.preprocess_workers
+    if settings.max_decode_memory_bytes is None:
+        settings.max_decode_memory_bytes = default_decode_budget(settings.max_image_pixels)
     return settings
+
+
+#: Bytes one pixel may take while it is decoded and converted (a 16-bit big-endian TIFF: 2 stored, 9
+#: converting; RGBA/CMYK take 4 + 4), used to size the default decode budget for the largest image.
+WORST_BYTES_PER_PIXEL = 11
+MAX_DEFAULT_DECODE_BUDGET = 4 << 30
+
+
+def default_decode_budget(max_image_pixels: int) -> int:
+    """A quarter of the memory limit (a container's, else the machine's), at most 4 GiB, and never
+    less than what the largest image allowed (``max_image_pixels``) needs, so one always fits."""
+    quarter = min(memory_limit_bytes() // 4, MAX_DEFAULT_DECODE_BUDGET)
+    return max(quarter, max_image_pixels * WORST_BYTES_PER_PIXEL + (64 << 20))
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> ServerSettings:

@@ -543,3 +543,49 @@ def test_unreadable_exif_leaves_the_image_as_stored(monkeypatch) -> None:
     transform = EvalTransform(PreprocessConfig(image_size=32, apply_exif_orientation=True))
     out = transform(buf.getvalue())
     assert out.shape == (3, 32, 32) and np.isfinite(out).all()
+
+
+def test_sixteen_bit_and_int_conversions_are_exact_over_the_whole_range() -> None:
+    """Pillow's own conversion (``point``) gives round(v / 257) for every 16-bit value, and clips
+    mode ``I`` to 0…65535 first, exactly as the documented integer rule."""
+    from model.preprocess import _to_rgb_or_gray
+
+    v = np.arange(65536, dtype=np.uint32).reshape(256, 256)
+    want = ((v + 128) // 257).astype(np.uint8)
+    for mode, raw in (("I;16", v.astype("<u2")), ("I;16B", v.astype(">u2"))):
+        img = Image.frombytes(mode, (256, 256), raw.tobytes())
+        np.testing.assert_array_equal(np.asarray(_to_rgb_or_gray(img)), want)
+    wide = np.concatenate([v.ravel(), [-5, -70000, 65536, 2**31 - 1]]).astype(np.int32)[-65536:]
+    img = Image.frombytes("I", (256, 256), wide.tobytes())
+    expected = ((np.clip(wide, 0, 65535).astype(np.int64) + 128) // 257).astype(np.uint8).reshape(256, 256)
+    np.testing.assert_array_equal(np.asarray(_to_rgb_or_gray(img)), expected)
+
+
+def test_float_images_convert_in_strips_like_the_whole_image_rule(monkeypatch) -> None:
+    from model import preprocess
+
+    rng = np.random.default_rng(1)
+    values = rng.uniform(-20, 300, (97, 61)).astype(np.float32)
+    values[3, 4], values[50, 7], values[90, 60] = np.nan, np.inf, 127.5
+    want = np.rint(np.clip(np.nan_to_num(values, nan=0, posinf=0, neginf=0), 0, 255)).astype(np.uint8)
+    monkeypatch.setattr(preprocess, "FLOAT_STRIP_BYTES", 61 * 4 * 7)  # 7 rows a strip: 14 strips
+    np.testing.assert_array_equal(np.asarray(preprocess._to_rgb_or_gray(Image.fromarray(values))), want)
+    unit = (values - values.min()) / 1000  # all <= 1.0 (NaN aside): scaled by 255
+    unit = np.nan_to_num(unit, nan=0, posinf=0, neginf=0).astype(np.float32)
+    got = np.asarray(preprocess._to_rgb_or_gray(Image.fromarray(unit)))
+    np.testing.assert_array_equal(got, np.rint(np.clip(unit * 255, 0, 255)).astype(np.uint8))
+
+
+def test_decode_cost_is_mode_aware_and_known_before_decoding() -> None:
+    from model.preprocess import open_image
+
+    transform = EvalTransform(PreprocessConfig(image_size=32))
+    sizes = {}
+    for mode, img in (("RGB", Image.new("RGB", (400, 300))), ("L", Image.new("L", (400, 300))),
+                      ("I;16", Image.new("I;16", (400, 300))), ("RGBA", Image.new("RGBA", (400, 300)))):
+        opened = open_image(encode(img, "PNG"))
+        assert opened.mode == mode and opened._im is None  # header only: no pixels decoded yet
+        sizes[mode] = transform.decode_cost(opened)
+    pixels = 400 * 300
+    assert sizes["L"] < sizes["RGB"] < sizes["I;16"] < sizes["RGBA"]  # 1, 4, 2+3, 4+4 bytes a pixel
+    assert sizes["RGBA"] >= pixels * 8 and sizes["I;16"] >= pixels * 5

@@ -4,12 +4,14 @@ every error a ServingError of the documented kind, deadlines, shutdown, request 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from server.core import InferInput
 from server.errors import ErrorKind, ServingError
@@ -313,5 +315,54 @@ def test_core_owns_auth_oip_parameters_outputs_and_model_status(repository) -> N
             await _expect(ErrorKind.DEADLINE_EXCEEDED, infer(parameters={"timeout": 1}))  # 1 µs
             core.begin_shutdown()
             assert [m.ready for m in core.models()] == [False]
+
+    run(main())
+
+
+def test_decode_budget_refuses_what_cannot_fit_and_bounds_what_is_in_flight() -> None:
+    """An image costing more than the whole budget is 413 before decoding; images that do not fit
+    beside the ones in progress wait (bounded) or get 503; the bytes held never exceed the budget."""
+    import threading
+
+    from model.preprocess import ImageTooLargeError
+    from server.preprocessing import DecodeBudget
+
+    budget = DecodeBudget(100, wait_s=0.2)
+    with pytest.raises(ImageTooLargeError) as info, budget.hold(101):
+        pass
+    assert info.value.reason == "too_much_memory"
+    with budget.hold(60):
+        with pytest.raises(ServingError) as busy, budget.hold(60):
+            pass
+        assert busy.value.kind is ErrorKind.UNAVAILABLE and busy.value.retry_after_s == 1.0
+    peak = []
+
+    def worker() -> None:
+        for _ in range(50):
+            with budget.hold(40):
+                peak.append(budget.in_use)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    budget.wait_s = 30.0
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(peak) == 300 and max(peak) <= 100 and budget.peak <= 100 and budget.in_use == 0
+
+
+def test_an_image_over_the_decode_budget_is_413_before_decoding(repository) -> None:
+    big = np.random.default_rng(0).integers(0, 255, (1000, 1000, 3), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, format="PNG")
+
+    async def main():
+        async with sf.started_core(sf.settings_for(repository, max_decode_memory_bytes=2 << 20)) as core:
+            with pytest.raises(ServingError) as info:
+                await core.classify([buf.getvalue()], model="fake", protocol="http")
+            assert info.value.kind is ErrorKind.PAYLOAD_TOO_LARGE
+            assert "decode memory budget" in info.value.message
+            ok = await core.classify([sf.colour_image("red")], model="fake", protocol="http")
+            assert ok.results[0][0].label == "red"
 
     run(main())

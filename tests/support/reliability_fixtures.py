@@ -119,7 +119,7 @@ class LoopCore:
         settings = sf.settings_for(repository, **overrides)
         metrics = ServerMetrics(CollectorRegistry())
         self.manager = ModelManager(settings, metrics, runtime=slow_runtime.RUNTIME_SPEC)
-        self.preprocessor = Preprocessor(settings.preprocess_workers)
+        self.preprocessor = Preprocessor(settings.preprocess_workers, settings.max_decode_memory_bytes)
         self.core = DataPlane(settings, self.manager, self.preprocessor, metrics)
         self.run(self.manager.start())
 

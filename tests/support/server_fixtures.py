@@ -195,7 +195,7 @@ async def started_core(settings: Any, runtime: str | None = FAKE_RUNTIME) -> Asy
 
     metrics = ServerMetrics(CollectorRegistry())
     manager = ModelManager(settings, metrics, runtime=runtime)
-    preprocessor = Preprocessor(settings.preprocess_workers)
+    preprocessor = Preprocessor(settings.preprocess_workers, settings.max_decode_memory_bytes)
     core = DataPlane(settings, manager, preprocessor, metrics)
     try:
         await manager.start()
