@@ -101,10 +101,11 @@ class ManagedInstance:
 
     async def infer(self, batch: np.ndarray, deadline: float | None = None) -> np.ndarray:
         """Run ``batch``; while the worker restarts, wait for it until ``deadline`` (the earliest
-        deadline of the batch's requests, a ``time.monotonic()`` instant) or ``restart_wait_s``."""
+        deadline of the batch's requests, a ``time.monotonic()`` instant) or ``restart_wait_s``, whichever
+        comes first."""
         if not self.worker.ready:
-            if deadline is None:
-                deadline = time.monotonic() + self.restart_wait_s
+            cap = time.monotonic() + self.restart_wait_s
+            deadline = cap if deadline is None else min(deadline, cap)
             while not self.worker.ready:
                 if self.stopping or time.monotonic() >= deadline:
                     raise ServingError(

@@ -344,3 +344,50 @@ def test_a_swap_failing_with_any_exception_leaves_the_old_version_serving(tmp_pa
             assert manager.get("fake").current.version == "2"
 
     run(main())
+
+
+class _RestartingWorker:
+    """A worker that stays not ready (a restart that takes long)."""
+
+    name = "w0"
+    ready = False
+    fixed_batch_sizes = None
+
+    async def infer(self, batch):  # pragma: no cover - never reached while not ready
+        raise AssertionError("infer on a worker that is not ready")
+
+
+def test_a_restarting_instance_waits_no_longer_than_the_batch_deadline_or_its_bound() -> None:
+    import time
+
+    from server.model_manager import ManagedInstance
+
+    async def waited(instance: ManagedInstance, deadline: float | None) -> float:
+        started = time.monotonic()
+        with pytest.raises(ServingError, match="restarting") as info:
+            await instance.infer(np.zeros((1, 3, 2, 2), np.float32), deadline)
+        assert info.value.kind is ErrorKind.UNAVAILABLE and info.value.reason == "not_ready"
+        return time.monotonic() - started
+
+    async def scenario() -> None:
+        long_bound = ManagedInstance(_RestartingWorker(), restart_wait_s=30.0)
+        assert await waited(long_bound, time.monotonic() + 0.2) < 5.0  # the batch's deadline wins
+        short_bound = ManagedInstance(_RestartingWorker(), restart_wait_s=0.2)
+        assert await waited(short_bound, float("inf")) < 5.0  # no deadline: the bound wins
+        assert await waited(short_bound, None) < 5.0
+
+    run(scenario())
+
+
+def test_worker_timeouts_come_from_the_settings(tmp_path) -> None:
+    sf.make_fake_version(tmp_path, "fake", 1)
+
+    async def main():
+        settings = sf.settings_for(tmp_path, infer_timeout_s=7.5, max_worker_down_s=42.0)
+        async with sf.started_core(settings) as core:
+            worker = core.manager.get("fake").current.instances[0].worker
+            assert worker.infer_timeout_s == 7.5
+            assert core.live()
+            assert await core.manager.drain(5.0)
+
+    run(main())

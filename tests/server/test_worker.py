@@ -415,3 +415,31 @@ def test_stale_shared_memory_of_dead_servers_is_removed(tmp_path: Path) -> None:
         path.write_bytes(b"\0" * 16)
     assert shm.remove_stale(str(tmp_path)) == [str(stale)]
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_reaping_a_worker_that_will_not_exit_is_bounded(tmp_path: Path, shm_dir: Path, monkeypatch) -> None:
+    """A worker stuck in the kernel (it ignores SIGKILL until it leaves D state) must not hang a
+    restart or a stop: the wait is bounded and logged, and the instance goes on."""
+    import inference.worker_client as wc
+
+    monkeypatch.setattr(wc, "REAP_TIMEOUT_S", 0.3)
+
+    class Unkillable:
+        pid, returncode = 999_999, None
+        killed = False
+
+        def kill(self) -> None:
+            self.killed = True
+
+        async def wait(self) -> int:
+            await asyncio.sleep(3600)
+            return 0
+
+    async def scenario() -> None:
+        inst = fake_instance(tmp_path, shm_dir)
+        stuck = Unkillable()
+        inst._proc = stuck
+        await asyncio.wait_for(inst._reap(), 5.0)
+        assert stuck.killed and inst._proc is None and not inst.ready
+
+    run(scenario())
