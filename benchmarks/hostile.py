@@ -6,6 +6,8 @@
 2. ``png16``: one multipart classify request of several 16-bit greyscale PNGs of tens of megapixels
    (each compresses to a few hundred KB). Measured: the server's peak RSS growth over the request (its
    process and its workers, ``VmHWM``), status and time.
+   ``png16_parallel``: ``--parallel`` such requests at once (what "a handful of concurrent requests"
+   does to a pod); ``--server-arg --max-decode-memory-bytes=N`` shows the decode budget bounding it.
 3. ``cut_uploads``: uploads that promise a large body and close after 1 kB. Measured: tracebacks in
    the server's log, and how many ``ddrnet_requests_total{code="499"}`` counted.
 
@@ -159,19 +161,30 @@ def png16(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def png16_request(server: Server, model: str, count: int, side: tuple[int, int]) -> dict[str, Any]:
+def png16_request(server: Server, model: str, count: int, side: tuple[int, int],
+                  parallel: int = 1) -> dict[str, Any]:
     image = png16(*side)
     files = [("file", (f"wide{i}.png", image, "image/png")) for i in range(count)]
+    url = f"http://{server.http}/v1/models/{model}/classify"
+    statuses: list[int] = []
+
+    def send() -> None:
+        statuses.append(httpx.post(url, files=files, timeout=300).status_code)
+
     before = server.peak_rss_mib()
     started = time.perf_counter()
-    response = httpx.post(f"http://{server.http}/v1/models/{model}/classify", files=files, timeout=300)
+    senders = [threading.Thread(target=send) for _ in range(parallel)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
     seconds = time.perf_counter() - started
     time.sleep(0.5)
     after = server.peak_rss_mib()
-    return {"images": count, "pixels_each": side[0] * side[1], "png_bytes_each": len(image),
-            "status": response.status_code, "seconds": round(seconds, 2),
-            "peak_rss_before_mib": round(before, 1), "peak_rss_after_mib": round(after, 1),
-            "peak_rss_growth_mib": round(after - before, 1)}
+    return {"requests": parallel, "images": count, "pixels_each": side[0] * side[1],
+            "png_bytes_each": len(image), "status": statuses[0] if parallel == 1 else sorted(statuses),
+            "seconds": round(seconds, 2), "peak_rss_before_mib": round(before, 1),
+            "peak_rss_after_mib": round(after, 1), "peak_rss_growth_mib": round(after - before, 1)}
 
 
 def cut_uploads(server: Server, model: str, count: int) -> dict[str, Any]:
@@ -199,19 +212,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png-count", type=int, default=4)
     parser.add_argument("--png-side", default="6000x6000")
     parser.add_argument("--max-request-bytes", type=int, default=32 * 2**20)
+    parser.add_argument("--parallel", type=int, default=4, help="concurrent requests of png16_parallel")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="an extra `ddrnet serve` option (repeatable), e.g. --server-arg=--instances=2")
+    parser.add_argument("--cases", default="bytes_bomb,png16,png16_parallel,cut_uploads")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     side = tuple(int(v) for v in args.png_side.split("x"))
     out: dict[str, Any] = {"checkout": str(args.checkout.resolve()), "load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
-        for case in ("bytes_bomb", "png16", "cut_uploads"):  # a fresh server each: no case taints another
+        for case in args.cases.split(","):  # a fresh server each: no case taints another
             log = Path(tmp) / f"{case}.log"
             with Server(args.checkout, args.repository, log, "--max-request-bytes",
-                        str(args.max_request_bytes)) as server:
+                        str(args.max_request_bytes), *args.server_arg) as server:
                 if case == "bytes_bomb":
                     out[case] = bytes_bomb(server, args.model, args.max_request_bytes)
                 elif case == "png16":
                     out[case] = png16_request(server, args.model, args.png_count, side)
+                elif case == "png16_parallel":
+                    out[case] = png16_request(server, args.model, args.png_count, side, args.parallel)
                 else:
                     out[case] = cut_uploads(server, args.model, 10)
             print(f"{case}: {json.dumps(out[case])}", file=sys.stderr, flush=True)

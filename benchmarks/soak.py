@@ -541,7 +541,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     events: list[str] = []
     version = last_good = 1
     next_swap = time.monotonic() + args.swap_every_s
-    next_kill = time.monotonic() + args.kill_every_s
+    # Kills are offset from swaps (by a quarter of the swap interval) so each kill hits a serving worker,
+    # not one of a version being retired.
+    next_kill = time.monotonic() + args.kill_every_s + args.swap_every_s / 4
     corrupt_at = started + 60 * args.minutes / 3
     corrupted = False
     while time.monotonic() < end:
@@ -650,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         + len(report["lost"])
         + len(report["unexpected"])
         + len(report["shm_files_left"])
+        + report["tracebacks_in_log"]
         + (report["exit_code"] != 0)
         + (report["served_versions_at_end"] != [str(report["last_good_version"])])
     )

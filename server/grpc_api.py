@@ -60,7 +60,13 @@ _STREAM_END = object()
 async def _abort(context: grpc.aio.ServicerContext, err: ServingError) -> None:
     if err.retry_after_s is not None:
         context.set_trailing_metadata((("grpc-retry-pushback-ms", str(math.ceil(err.retry_after_s * 1000))),))
-    await context.abort(grpc_status(err), err.message)
+    try:
+        await context.abort(grpc_status(err), err.message)
+    except grpc.aio.InternalError:
+        # The call ended (its deadline passed or the client cancelled) in the instant between the
+        # error and its status being sent: the client already has its status and nothing is lost. Left
+        # to grpc this is a logged ExecuteBatchError traceback; returning ends the call quietly.
+        log.debug("call ended before its status (%s) could be sent", grpc_status(err).name)
 
 
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]

@@ -422,3 +422,48 @@ def oip_codec_pack(images: list[bytes]) -> bytes:
     from server.oip_codec import pack_bytes
 
     return pack_bytes(images)
+
+
+def test_an_error_racing_the_clients_deadline_ends_the_call_without_a_traceback(caplog) -> None:
+    """An error answered in the instant the client's deadline passes cannot send its status (grpc's
+    ExecuteBatchError, logged with a traceback by grpc unless the handler handles it). The soak run met
+    it on 6 of 1554 calls with a 2 ms deadline; here 800 calls aim at that instant on purpose."""
+    import logging
+    import random
+
+    from server.errors import ErrorKind, ServingError
+    from server.grpc_api import rpc
+
+    class Late(health_pb2_grpc.HealthServicer):
+        @rpc()
+        async def Check(self, request, context):
+            await asyncio.sleep(max(0.0, context.time_remaining() + random.uniform(-0.002, 0.002)))
+            raise ServingError(ErrorKind.DEADLINE_EXCEEDED, "request deadline passed", reason="deadline")
+
+    async def scenario() -> dict:
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(Late(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        codes: dict = {}
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+
+                async def one() -> None:
+                    try:
+                        await stub.Check(health_pb2.HealthCheckRequest(), timeout=0.02)
+                    except grpc.aio.AioRpcError as exc:
+                        codes[exc.code()] = codes.get(exc.code(), 0) + 1
+
+                for _ in range(40):
+                    await asyncio.gather(*(one() for _ in range(20)))
+            await asyncio.sleep(0.3)
+        finally:
+            await server.stop(None)
+        return codes
+
+    with caplog.at_level(logging.INFO):
+        codes = run(scenario())
+    assert codes == {grpc.StatusCode.DEADLINE_EXCEEDED: 800}
+    assert not [r for r in caplog.records if r.exc_info or "ExecuteBatchError" in r.getMessage()]
