@@ -13,7 +13,8 @@ the least possible).
 Memory: every image reserves what it will need (mode-aware, from its header) in a :class:`DecodeBudget`
 before its pixels are decoded, so the images decoded at once never hold more than
 ``max_decode_memory_bytes`` between them; 16-bit and float images are reduced by Pillow's own
-conversions (``model.preprocess``), without whole-image numpy temporaries.
+conversions (``model.preprocess``), without whole-image numpy temporaries; and freed image blocks go
+back to the system (``server/allocator.py``), so the budget bounds the process's memory too.
 
 Errors come back as :class:`~server.errors.ServingError` naming the image (``image 2: ...``) with the
 kind from ``model.preprocess``'s error reasons (400 / 413 / 415), or UNAVAILABLE (503) when the budget
@@ -33,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from model.preprocess import EvalTransform, ImageError, ImageTooLargeError
+from server.allocator import return_large_blocks_to_the_system
 from server.errors import ErrorKind, ServingError, from_exception
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,8 @@ class Preprocessor:
             raise ValueError(f"preprocess workers must be >= 1, got {workers}")
         self.workers = workers
         self.budget = DecodeBudget(budget_bytes) if budget_bytes is not None else None
+        if self.budget is not None:
+            return_large_blocks_to_the_system()  # the budget bounds freed image blocks too (see allocator)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
 
     async def run(
