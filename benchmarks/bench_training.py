@@ -59,7 +59,7 @@ def main() -> int:
     from training.trainer import build_loss_scaler, build_network, make_train_step
 
     cfg = load_config(args.config, args.overrides)
-    setup_context(cfg.device_target)
+    setup_context(cfg.device_target, cfg.device_id)
     split = scan_split(Path(cfg.data_url) / cfg.train_split)
     bad = BadImageLog(Path(tempfile.mkdtemp()) / "bad.txt")
     needed = args.steps + args.warmup

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from training.trainer import build_network
 
     try:
-        setup_context(cfg.device_target)
+        setup_context(cfg.device_target, cfg.device_id)
         val = scan_split(Path(cfg.data_url) / cfg.val_split)
         check_splits(cfg, None, val)
         net, net_amp = build_network(cfg)

@@ -39,16 +39,16 @@ def run(args: argparse.Namespace) -> int:
     from training.checkpointing import CheckpointError
     from training.data import DataError
     from training.device import setup_context
-    from training.distributed import init_distributed
+    from training.distributed import DistributedError, init_distributed
     from training.trainer import Trainer, TrainingError
 
     try:
-        setup_context(cfg.device_target)
-        dist = init_distributed()  # the msrun scheduler process stays in here and exits
+        choice = setup_context(cfg.device_target, cfg.device_id)
+        dist = init_distributed(choice.how)  # the msrun scheduler process stays in here and exits
         trainer = Trainer(cfg, dist, resume=args.resume, show_bar=False if args.no_progress else None,
                           stop_after=args.stop_after)
         result = trainer.run()
-    except (DeviceError, DataError, TrainingError, CheckpointError) as exc:
+    except (DeviceError, DistributedError, DataError, TrainingError, CheckpointError) as exc:
         raise CliError(str(exc)) from None
     if dist.is_main:
         best = result["best_top1"]

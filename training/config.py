@@ -81,6 +81,9 @@ class TrainConfig(BaseModel):
     num_parallel_workers: int = Field(8, ge=1, le=128, description="data pipeline workers per process")
     device_target: Literal["CPU", "GPU", "Ascend"] = "Ascend"
     drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0, description="stochastic depth of the last block")
+    device_id: int | None = Field(
+        None, ge=0, le=4095, description="device of a single-process run; null: msrun negotiates one per "
+        "worker, mpirun uses the local rank, one process uses device 0")
 
     # ----- run keys (not in the zoo recipe) -----
     output_dir: str = Field("runs/ddrnet", description="run directory: checkpoints, logs, config")

@@ -1,26 +1,40 @@
-"""Data-parallel setup under MindSpore's ``msrun`` launcher: detect it, join the cluster, average.
+"""Data-parallel setup under a launcher (MindSpore's ``msrun``, or ``mpirun``): detect it, join the
+cluster, average, and say which device every rank runs on.
 
 ``msrun`` starts every worker (and one scheduler process) with ``MS_ROLE``, ``MS_WORKER_NUM``,
-``MS_SCHED_HOST``/``MS_SCHED_PORT`` in the environment; the same ``ddrnet train`` entrypoint sees
-them and calls ``mindspore.communication.init()``. In the scheduler process ``init()`` serves the
-cluster and the process exits when the workers are done; it never reaches the training code.
-Workers get their rank and the world size from the communication layer, set
-``ParallelMode.DATA_PARALLEL`` with ``gradients_mean=True``, and average gradients with
-``nn.DistributedGradReducer`` inside the train step.
+``MS_SCHED_HOST``/``MS_SCHED_PORT`` in the environment; ``mpirun`` (OpenMPI, MPICH / Intel MPI) with
+``OMPI_COMM_WORLD_SIZE`` / ``PMI_SIZE`` and a local rank. The same ``ddrnet train`` entrypoint sees
+them and calls ``mindspore.communication.init()``. In msrun's scheduler process ``init()`` serves the
+cluster and the process exits when the workers are done; it never reaches the training code. Workers
+get their rank and the world size from the communication layer, set ``ParallelMode.DATA_PARALLEL``
+with ``gradients_mean=True``, and average gradients with ``nn.DistributedGradReducer`` inside the
+train step. Which device each process uses is chosen before (``training.device.choose_device``);
+:func:`init_distributed` gathers every rank's device so rank 0 can record them.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+#: Environment variables holding a process's rank on its node, by MPI implementation.
+MPI_LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
+                       "PMI_LOCAL_RANK")
+
+
+class DistributedError(RuntimeError):
+    """The launcher's cluster cannot be joined; the message names the launcher."""
 
 
 @dataclass(frozen=True)
 class DistInfo:
-    """This process's place in the job."""
+    """This process's place in the job, and the device of every rank (``"Ascend:3"``, by rank)."""
 
     rank: int = 0
     world_size: int = 1
+    devices: tuple[str, ...] = ()
+    device_selection: str = ""
 
     @property
     def enabled(self) -> bool:
@@ -32,23 +46,76 @@ class DistInfo:
         return self.rank == 0
 
 
+def _int(value: str | None) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return 0
+
+
+def launcher(environ: Mapping[str, str] | None = None) -> str | None:
+    """``"msrun"``, ``"mpirun"`` (more than one MPI process) or None for a plain process."""
+    env = os.environ if environ is None else environ
+    if env.get("MS_ROLE") and env.get("MS_WORKER_NUM"):
+        return "msrun"
+    if _int(env.get("OMPI_COMM_WORLD_SIZE")) > 1 or _int(env.get("PMI_SIZE")) > 1:
+        return "mpirun"
+    return None
+
+
 def launched_by_msrun() -> bool:
     """Whether this process was started by msrun (dynamic cluster networking)."""
-    return bool(os.environ.get("MS_ROLE")) and bool(os.environ.get("MS_WORKER_NUM"))
+    return launcher() == "msrun"
 
 
-def init_distributed() -> DistInfo:
-    """Join the msrun cluster if launched by it (parallel context set); else a single process."""
-    if not launched_by_msrun():
-        return DistInfo()
+def mpi_local_rank(environ: Mapping[str, str] | None = None) -> int | None:
+    """This process's rank on its node under mpirun, or None when no MPI sets one."""
+    env = os.environ if environ is None else environ
+    for var in MPI_LOCAL_RANK_VARS:
+        value = env.get(var, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def init_distributed(device_selection: str = "") -> DistInfo:
+    """Join the launcher's cluster if there is one (parallel context set); else a single process.
+    ``device_selection`` (how the device was chosen) is recorded with the gathered devices."""
     import mindspore as ms
+
+    kind = launcher()
+    if kind is None:
+        return DistInfo(devices=(_this_device(),), device_selection=device_selection)
     from mindspore.communication import get_group_size, get_rank, init
 
-    init()  # the scheduler process (MS_ROLE=MS_SCHED) runs the cluster here and exits afterwards
+    try:
+        init()  # msrun's scheduler process (MS_ROLE=MS_SCHED) runs the cluster here and exits afterwards
+    except (RuntimeError, ValueError) as exc:
+        raise DistributedError(f"cannot join the {kind} cluster: {exc}") from None
     rank, world = get_rank(), get_group_size()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=world)
-    return DistInfo(rank=rank, world_size=world)
+    partial = DistInfo(rank=rank, world_size=world)
+    devices = _gather_devices(partial)
+    return DistInfo(rank=rank, world_size=world, devices=devices, device_selection=device_selection)
+
+
+def _this_device() -> str:
+    import mindspore as ms
+
+    return f"{ms.get_context('device_target')}:{ms.get_context('device_id')}"
+
+
+def _gather_devices(dist: DistInfo) -> tuple[str, ...]:
+    """Every rank's device id (one all-gather of an int32), with this process's target."""
+    import mindspore as ms
+    import numpy as np
+    from mindspore import ops
+
+    mine = ms.Tensor(np.array([ms.get_context("device_id")], dtype=np.int32))
+    ids = ops.AllGather()(mine).asnumpy().reshape(-1)
+    target = ms.get_context("device_target")
+    return tuple(f"{target}:{int(i)}" for i in ids[: dist.world_size])
 
 
 def grad_reducer(params, dist: DistInfo):

@@ -186,6 +186,8 @@ class Trainer:
             "steps_done": self.state.step,
             "world_size": self.dist.world_size,
             "global_batch": cfg.batch_size * self.dist.world_size,
+            "devices": list(self.dist.devices),
+            "device_selection": self.dist.device_selection,
             "train_images": len(self.train_split),
             "val_images": len(self.val_split),
             "data_url": str(Path(cfg.data_url).resolve()),
@@ -291,6 +293,7 @@ class Trainer:
         self.jlog.write("start", resumed_from=str(self.resumed_from) if self.resumed_from else None,
                         epoch=self.state.epoch, step=self.state.step, steps_per_epoch=self.steps_per_epoch,
                         world_size=self.dist.world_size, global_batch=global_batch,
+                        devices=list(self.dist.devices), device_selection=self.dist.device_selection,
                         lr_scale=lr_scale(global_batch), train_images=len(self.train_split),
                         val_images=len(self.val_split))
         if main:
@@ -300,6 +303,8 @@ class Trainer:
                       f"images, {cfg.num_classes} classes, {self.dist.world_size} worker(s) x batch "
                       f"{cfg.batch_size}, "
                       f"{self.steps_per_epoch} steps/epoch, {cfg.epochs} epochs")
+            if self.dist.devices:
+                self._say(f"devices by rank: {', '.join(self.dist.devices)} ({self.dist.device_selection})")
         metrics: dict[str, float] | None = None
         last_metrics: dict[str, float] | None = None
         last_epoch = cfg.epochs

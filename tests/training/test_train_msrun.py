@@ -36,6 +36,10 @@ def test_two_workers_train_and_rank0_writes_one_checkpoint_set(tmp_path):
     # 24 images, 2 shards of 12, batch 4 per worker: 3 steps per epoch, global batch 8
     assert (run["status"], run["world_size"], run["global_batch"], run["steps_done"]) == ("finished", 2, 8, 6)
     assert run["last_val"]["images"] == 15  # val split over both workers, every image counted once
+    # each worker's device, gathered from the ranks; msrun chose them (no explicit id was passed)
+    assert run["device_selection"] == "negotiated by msrun"
+    assert len(run["devices"]) == 2 and all(d.startswith("CPU:") for d in run["devices"])
+    assert "devices by rank: CPU:" in worker_logs["worker_0.log"]
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["best.ckpt", "e0001-s00000003.ckpt", "e0002-s00000006.ckpt", "latest.ckpt"]
     assert sorted(p.name for p in run_dir.iterdir()) == [
