@@ -2,9 +2,14 @@
 
 A checkpoint is one MindSpore ``.ckpt`` file (CRC-checked) holding the network parameters under
 their own names (so ``model.load_checkpoint`` and export read it directly), the optimizer state
-(moments, ``global_step``, ``learning_rate``), the loss-scale state (``loss_scale.scale_value``,
-``loss_scale.counter``) and a JSON ``train_state`` string: epoch, step, step in epoch, best top-1,
-world size, seed.
+(moments, ``global_step``), the loss-scale state (``loss_scale.scale_value``, ``loss_scale.counter``)
+and a JSON ``train_state`` string: epoch, step, step in epoch, best top-1, world size, seed, arch,
+class count, the LR settings the run used and the drop-path RNG state.
+
+The learning-rate schedule is not in it: a run computes its schedule from its config and indexes it
+with the restored ``global_step``, so a resumed run may extend ``epochs`` or change an LR setting
+(``training.trainer`` logs the change). Checkpoints written before this rule hold the whole schedule
+as the optimizer's ``learning_rate``; :func:`restore` ignores it, so they still resume.
 
 Writes are atomic: the file is written under a hidden ``.partial-*`` name in the same folder,
 fsynced, renamed into place and the folder fsynced, so a crash at any point leaves either the old
@@ -25,8 +30,9 @@ import json
 import logging
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,19 @@ class TrainState:
     world_size: int = 1
     seed: int = 0
     steps_per_epoch: int = 0
+    arch: str = ""  # "" in checkpoints written before these were recorded
+    num_classes: int = 0
+    lr_settings: dict[str, Any] = field(default_factory=dict)  # training.schedules.lr_settings
+    drop_path_rng: list[int] = field(default_factory=list)  # model.drop_path RNG state (empty: none)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainState:
+        """Parse a saved state; keys this version does not know (a newer writer) are ignored."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def periodic_name(epoch: int, step: int) -> str:
@@ -88,9 +107,14 @@ def _link_atomically(target: Path, link: Path) -> None:
 
 
 def _state_entries(net, optimizer, loss_scaler) -> list[dict]:
-    """Network parameters (own names), then optimizer and loss-scale state, de-duplicated."""
+    """Network parameters (own names), then optimizer and loss-scale state, de-duplicated; not the
+    optimizer's learning rate (the schedule comes from the config, see the module docstring)."""
     entries: list[dict] = []
     seen: set[int] = set()
+    if optimizer is not None:
+        from training.optim import learning_rate_params
+
+        seen.update(id(p) for p in learning_rate_params(optimizer))
     for param in net.get_parameters():
         entries.append({"name": param.name, "data": param})
         seen.add(id(param))
@@ -140,35 +164,51 @@ def read_checkpoint(path: Path) -> tuple[dict, TrainState | None]:
     state = None
     if raw is not None:
         try:
-            state = TrainState(**json.loads(raw if isinstance(raw, str) else str(raw)))
+            state = TrainState.from_json(raw if isinstance(raw, str) else str(raw))
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path}: bad {STATE_KEY}: {exc}") from None
     return params, state
 
 
-def restore(path: Path, net, optimizer, loss_scaler) -> TrainState:
-    """Load weights, optimizer and loss-scale state from ``path``; every expected entry must be there."""
+def restore(path: Path, net, optimizer, loss_scaler, *, arch: str | None = None,
+            num_classes: int | None = None) -> TrainState:
+    """Load weights, optimizer and loss-scale state from ``path``; every expected entry must be there.
+
+    A checkpoint of another ``arch`` or class count is refused naming both (checked from its saved
+    state before anything is loaded; for older checkpoints, from the first parameter that differs)."""
     import mindspore as ms
 
     params, state = read_checkpoint(path)
     if state is None:
         raise CheckpointError(f"{path} holds no training state (weights only?); cannot resume from it")
-    missing: list[str] = []
-    for entry in _state_entries(net, optimizer, loss_scaler):
+    if arch is not None and state.arch and (state.arch, state.num_classes) != (arch, num_classes):
+        raise CheckpointError(f"{path} was written by a {state.arch} run with {state.num_classes} classes; "
+                              f"this run is {arch} with {num_classes} classes")
+    entries = _state_entries(net, optimizer, loss_scaler)
+    missing = [e["name"] for e in entries if e["name"] not in params]
+    for entry in entries:
         name, target = entry["name"], entry["data"]
         value = params.get(name)
-        if value is None:
-            missing.append(name)
-            continue
-        if tuple(value.shape) != tuple(target.shape):
+        if value is not None and tuple(value.shape) != tuple(target.shape):
+            hint = _shape_hint(value.shape, target.shape, num_classes)
             raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, the run expects "
-                                  f"{tuple(target.shape)} (different arch or num_classes?)")
-        target.set_data(ms.Tensor(value.asnumpy(), dtype=target.dtype))
+                                  f"{tuple(target.shape)} ({hint})")
     if missing:
         shown = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
         raise CheckpointError(f"{path} lacks {len(missing)} entries the run needs: {shown} "
                               "(was it written with another optimizer or loss-scale setting?)")
+    for entry in entries:
+        target = entry["data"]
+        target.set_data(ms.Tensor(params[entry["name"]].asnumpy(), dtype=target.dtype))
     return state
+
+
+def _shape_hint(saved: tuple, expected: tuple, num_classes: int | None) -> str:
+    saved, expected = tuple(saved), tuple(expected)
+    if (num_classes is not None and len(saved) == len(expected) and expected[:1] == (num_classes,)
+            and saved[1:] == expected[1:]):
+        return f"the checkpoint's classifier has {saved[0]} classes, this run {num_classes}"
+    return "a checkpoint of another arch"
 
 
 class CheckpointManager:

@@ -5,6 +5,11 @@ warmup goes linearly from ``warmup_lr`` to ``base_lr`` over ``warmup_length`` ep
 from ``base_lr`` to ``min_lr`` over the remaining epochs; multistep multiplies by 0.1 every
 ``lr_adjust`` epochs (counted from 0); constant stays at ``base_lr``. ``base_lr``, ``warmup_lr`` and
 ``min_lr`` are first scaled by ``global_batch / 256`` (:func:`lr_scale`).
+
+A run computes its schedule from its own config and follows it by the optimizer's ``global_step``;
+checkpoints record the settings (:func:`lr_settings`), not the values, so a resumed run with more
+``epochs`` recomputes the cosine from where it stands, and a changed setting is reported
+(:func:`lr_changes`).
 """
 
 from __future__ import annotations
@@ -52,3 +57,27 @@ def build_lr_schedule(cfg, steps_per_epoch: int, world_size: int = 1) -> np.ndar
         for step in range(total)
     ]
     return np.asarray(values, dtype=np.float32)
+
+
+#: The config keys that define a run's LR schedule (with the global batch that scales it).
+LR_KEYS = ("lr_scheduler", "base_lr", "warmup_lr", "min_lr", "warmup_length", "lr_adjust", "epochs")
+
+
+def lr_settings(cfg, world_size: int = 1) -> dict:
+    """What the schedule of ``cfg`` on ``world_size`` workers is computed from (saved in checkpoints)."""
+    return {**{key: getattr(cfg, key) for key in LR_KEYS}, "global_batch": cfg.batch_size * world_size}
+
+
+def lr_changes(saved: dict, current: dict) -> list[str]:
+    """``key old → new`` for each schedule setting that differs (empty when nothing was recorded)."""
+    return [f"{key} {saved[key]} → {current[key]}" for key in current
+            if key in saved and saved[key] != current[key]]
+
+
+def lr_value(settings: dict, step: int, steps_per_epoch: int) -> float:
+    """The LR ``settings`` (as :func:`lr_settings` returns) give at ``step``."""
+    scale = lr_scale(settings["global_batch"])
+    return lr_at(step, steps_per_epoch=steps_per_epoch, epochs=settings["epochs"],
+                 scheduler=settings["lr_scheduler"], base_lr=settings["base_lr"] * scale,
+                 warmup_lr=settings["warmup_lr"] * scale, min_lr=settings["min_lr"] * scale,
+                 warmup_length=settings["warmup_length"], lr_adjust=settings["lr_adjust"])

@@ -40,7 +40,7 @@ from training.data import (
 from training.distributed import DistInfo, grad_reducer
 from training.progress import EpochProgress, JsonlLog, epoch_summary
 from training.run_info import RunInfo, write_run_info
-from training.schedules import build_lr_schedule, lr_scale
+from training.schedules import build_lr_schedule, lr_changes, lr_scale, lr_settings, lr_value
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +228,12 @@ class Trainer:
         self.train_step = make_train_step(cfg, self.net_amp, self.optimizer, self.scaler, reducer)
 
     def _resume(self) -> None:
-        self.state = ckpt.TrainState(world_size=self.dist.world_size, seed=self.cfg.seed,
-                                     steps_per_epoch=self.steps_per_epoch)
+        cfg = self.cfg
+        current_lr = lr_settings(cfg, self.dist.world_size)
+        self.state = ckpt.TrainState(world_size=self.dist.world_size, seed=cfg.seed,
+                                     steps_per_epoch=self.steps_per_epoch, arch=cfg.arch,
+                                     num_classes=cfg.num_classes, lr_settings=current_lr)
+        self.resume_notes: list[str] = []
         if not self.resume:
             existing = self.ckpts.periodic()
             if existing:
@@ -246,7 +250,8 @@ class Trainer:
         errors = []
         for path in candidates:
             try:
-                state = ckpt.restore(path, self.net, self.optimizer, self.scale_state)
+                state = ckpt.restore(path, self.net, self.optimizer, self.scale_state, arch=cfg.arch,
+                                     num_classes=cfg.num_classes)
             except ckpt.CheckpointError as exc:
                 if isinstance(self.resume, str):
                     raise TrainingError(f"--resume: {exc}") from None
@@ -254,10 +259,28 @@ class Trainer:
                 errors.append(str(exc))
                 continue
             self._check_resumable(path, state)
+            self.resume_notes = self._lr_notes(state.lr_settings, current_lr)
+            state.lr_settings, state.arch, state.num_classes = current_lr, cfg.arch, cfg.num_classes
             self.state = state
             self.resumed_from = path
             return
         raise TrainingError("--resume: no usable checkpoint: " + "; ".join(errors))
+
+    def _lr_notes(self, saved: dict, current: dict) -> list[str]:
+        """What a resumed run changes in its LR schedule, and the LR at the step it resumes from."""
+        from training.optim import lr_position
+
+        position = lr_position(self.optimizer)
+        now = float(self.lrs[min(position, len(self.lrs) - 1)])
+        if not saved:
+            return [f"the checkpoint predates recorded LR settings: the schedule now comes from this "
+                    f"config (LR {now:.6g} at step {position})"]
+        changes = lr_changes(saved, current)
+        if not changes:
+            return []
+        before = lr_value(saved, position, self.steps_per_epoch)
+        return [f"LR schedule changed on resume: {', '.join(changes)}; recomputed from step {position} "
+                f"(LR {before:.6g} → {now:.6g})"]
 
     def _check_resumable(self, path: Path, state: ckpt.TrainState) -> None:
         if state.steps_per_epoch != self.steps_per_epoch or state.world_size != self.dist.world_size:
@@ -296,6 +319,10 @@ class Trainer:
                         devices=list(self.dist.devices), device_selection=self.dist.device_selection,
                         lr_scale=lr_scale(global_batch), train_images=len(self.train_split),
                         val_images=len(self.val_split))
+        for note in self.resume_notes:
+            self.jlog.write("resume_change", message=note)
+            if main:
+                self._say(note)
         if main:
             what = f"resuming from {self.resumed_from} at epoch {self.state.epoch + 1}" if self.resumed_from \
                 else "starting"
@@ -378,8 +405,10 @@ class Trainer:
                 "best_epoch": self.state.best_epoch, "last_val": metrics or last_metrics}
 
     def _lr_now(self, lr_position) -> float:
-        """The LR the next update uses (the optimizer's own position in the schedule)."""
-        return float(self.lrs[min(lr_position(self.optimizer), len(self.lrs) - 1)])
+        """The LR the next update uses, read from the optimizer (its schedule at its position)."""
+        from training.optim import current_lr
+
+        return current_lr(self.optimizer)
 
     def _say(self, line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -104,3 +104,60 @@ def test_manager_keeps_last_k_best_and_latest(tmp_path):
     assert read_checkpoint(tmp_path / "ck" / "best.ckpt")[1].epoch == 2  # survives its periodic file
     assert read_checkpoint(tmp_path / "ck" / "latest.ckpt")[1].epoch == 4
     assert [p.name for p in mgr.resume_candidates()] == ["e0004-s00000040.ckpt", "e0003-s00000030.ckpt"]
+
+
+def _scheduled_opt(net, steps: int):
+    import mindspore as ms
+    from mindspore import nn
+
+    lrs = np.linspace(0.1, 0.01, steps).astype(np.float32)
+    return nn.Momentum(net.trainable_params(), ms.Tensor(lrs), 0.9)
+
+
+def test_the_lr_schedule_is_not_frozen_in_a_checkpoint(tmp_path):
+    """A run that resumes with more epochs has a longer schedule: the checkpoint must not pin it."""
+    import mindspore as ms
+
+    net, _, scaler = _net_opt()
+    opt = _scheduled_opt(net, 3)
+    _train_a_step(net, opt)
+    state = TrainState(step=1, lr_settings={"epochs": 1})
+    path = save_checkpoint(tmp_path / "c.ckpt", net, opt, scaler, state)
+    params, state = read_checkpoint(path)
+    assert "learning_rate" not in params and state.lr_settings == {"epochs": 1}
+    net2, _, scaler2 = _net_opt()
+    longer = _scheduled_opt(net2, 6)
+    restore(path, net2, longer, scaler2)
+    assert int(longer.global_step.asnumpy()[0]) == 1  # the position is kept; the values are the run's own
+    (values,) = longer.learning_rate.get_parameters()
+    assert np.allclose(values.asnumpy(), np.linspace(0.1, 0.01, 6))
+
+    # A checkpoint of the old kind (the whole schedule saved, no recorded settings) still resumes.
+    old = tmp_path / "old.ckpt"
+    entries = [{"name": p.name, "data": p} for p in net.get_parameters()]
+    names = {e["name"] for e in entries}
+    entries += [{"name": p.name, "data": p} for p in opt.get_parameters() if p.name not in names]
+    entries += [{"name": "loss_scale.scale_value", "data": scaler.scale_value},
+                {"name": "loss_scale.counter", "data": scaler.counter}]
+    assert any(e["name"] == "learning_rate" for e in entries)
+    old_state = '{"epoch": 0, "step": 1, "world_size": 1}'
+    ms.save_checkpoint(entries, str(old), append_dict={"train_state": old_state})
+    net3, _, scaler3 = _net_opt()
+    state = restore(old, net3, _scheduled_opt(net3, 6), scaler3, arch="x", num_classes=2)
+    assert state.step == 1 and state.lr_settings == {} and state.arch == ""
+
+
+def test_a_checkpoint_of_another_model_names_the_real_mismatch(tmp_path):
+    from mindspore import nn
+
+    net, opt, scaler = _net_opt()
+    path = save_checkpoint(tmp_path / "c.ckpt", net, opt, scaler,
+                           TrainState(arch="ddrnet23", num_classes=2))
+    with pytest.raises(CheckpointError, match="written by a ddrnet23 run with 2 classes; this run is "
+                                              "ddrnet23_slim with 2 classes"):
+        restore(path, net, opt, scaler, arch="ddrnet23_slim", num_classes=2)
+    # an older checkpoint without the recorded arch: the classifier's shape says it
+    old = save_checkpoint(tmp_path / "o.ckpt", net, opt, scaler, TrainState())
+    other = nn.SequentialCell([nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Dense(4 * 8 * 8, 5)])
+    with pytest.raises(CheckpointError, match="the checkpoint's classifier has 2 classes, this run 5"):
+        restore(old, other, nn.Momentum(other.trainable_params(), 0.1, 0.9), scaler, arch="x", num_classes=5)

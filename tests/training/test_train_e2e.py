@@ -91,6 +91,31 @@ def test_resume_continues_exactly_and_eval_matches(folder, tmp_path):
     assert manifest.source_checkpoint_sha256 == repo.sha256_file(tmp_path / "a" / "checkpoints" / "best.ckpt")
 
 
+def test_a_run_is_extended_and_a_changed_lr_takes_effect_on_resume(folder, tmp_path):
+    """--resume --set epochs=N extends a run (the cosine recomputed from where it stands); a changed
+    base_lr is used from the resumed step on, and both changes are said in the log."""
+    from training.config import load_config
+    from training.schedules import lr_settings, lr_value
+
+    cfg_path = tiny_config(tmp_path, folder, epochs=2, warmup_length=1, lr_scheduler="cosine_lr",
+                           drop_path_rate=0.0)
+    _ok(ddrnet("train", "--config", str(cfg_path)))  # 2 epochs, 6 steps: finished
+    done = ddrnet("train", "--config", str(cfg_path), "--resume")
+    assert done.returncode != 0 and "already finished all 2 epochs" in done.stderr
+    more = _ok(ddrnet("train", "--config", str(cfg_path), "--resume", "--set", "epochs=4",
+                      "--set", "base_lr=0.05"))
+    assert "done: 4/4 epochs" in more.stdout
+    assert "LR schedule changed on resume: base_lr 0.4 → 0.05, epochs 2 → 4; recomputed from step 6" \
+        in more.stderr, more.stderr
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any(x["type"] == "resume_change" and "epochs 2 → 4" in x["message"] for x in lines)
+    new = lr_settings(load_config(cfg_path, ["epochs=4", "base_lr=0.05"]))
+    after = [x for x in _steps(tmp_path / "run") if x["step"] > 6]
+    assert [x["step"] for x in after] == list(range(7, 13))
+    for x in after:  # the step logged as N ran with the LR of position N - 1
+        assert x["lr"] == pytest.approx(lr_value(new, x["step"] - 1, 3), rel=1e-6)
+
+
 def test_corrupt_images_fail_by_path_or_skip_and_loss_falls(folder, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(folder, data)
