@@ -16,6 +16,9 @@ from model.preprocess_config import PreprocessConfig
 #: "same" padding on stride-2 convs, legacy bilinear without half-pixel centres).
 #: ``authors``: the authors' PyTorch code (stem conv bias, symmetric padding, half-pixel bilinear).
 VARIANTS: tuple[str, ...] = ("zoo", "authors")
+#: What stochastic depth drops: ``zoo`` the shortcut (the model zoo's DDRNet, the published 76.6 %),
+#: ``branch`` the residual branch (timm / the stochastic-depth paper). See ``model.ddrnet``.
+DROP_PATH_MODES: tuple[str, ...] = ("zoo", "branch")
 
 @dataclass(frozen=True)
 class ArchSpec:

@@ -17,6 +17,18 @@ Bottleneck bn3     momentum 0.1 (MindSpore convention)    momentum 0.9 (= PyTorc
 
 The fusion upsampling goes to the high-resolution branch's actual size, so any input whose sides
 are multiples of 32 (64 and up) works; for the zoo's 224 input this is its fixed 28x28.
+
+Stochastic depth (training only) has two formulations, ``drop_path_mode``:
+
+- ``"zoo"`` (default), the model zoo's ``research/cv/DDRNet``, with which the published 76.6 % was
+  trained: each block drops its *shortcut* (``out += drop_path(residual)``); rates rise linearly,
+  ``linspace(0, rate, sum(layers))`` over layer1..layer4; the high-resolution branch's layer3_ takes
+  the rates from the start of layer2 and layer4_ from the start of layer3 (one stage earlier; where the
+  high branch is deeper than that stage, as in DDRNet-39, it continues into the next stage's rates);
+  layer5 and layer5_ use ``rate`` itself.
+- ``"branch"``: each block drops its residual *branch* (timm, the stochastic-depth paper); rates rise
+  linearly over layer1..layer5 (``sum(layers) + 1`` blocks); the high branch reuses the rates of the
+  same depth.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from model.archs import ARCHS, VARIANTS, ArchSpec
+from model.archs import ARCHS, DROP_PATH_MODES, VARIANTS, ArchSpec
 from model.layers import (
     BasicBlock,
     Bottleneck,
@@ -50,10 +62,14 @@ class DDRNet(nn.Cell):
         num_classes: int = 1000,
         drop_path_rate: float = 0.0,
         variant: str = "zoo",
+        drop_path_mode: str = "zoo",
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if drop_path_mode not in DROP_PATH_MODES:
+            raise ValueError(f"drop_path_mode must be one of {DROP_PATH_MODES}, got {drop_path_mode!r}")
+        self.drop_path_mode = drop_path_mode
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         zoo = variant == "zoo"
@@ -65,8 +81,9 @@ class DDRNet(nn.Cell):
         self._bn3_momentum = 0.1 if zoo else 0.9
         p, hp = spec.planes, 2 * spec.planes
         n1, n2, n3, n4 = spec.layers
-        rates = _drop_path_schedule(spec.layers, drop_path_rate)
-        r1, r2, r3, r4, r5 = rates
+        rates = drop_path_schedule(spec.layers, drop_path_rate, drop_path_mode)
+        r1, r2, r3, r4, r5 = (rates[k] for k in ("layer1", "layer2", "layer3", "layer4", "layer5"))
+        h3, h4, h5 = rates["layer3_"], rates["layer4_"], rates["layer5_"]
 
         self.conv1 = nn.SequentialCell(
             [
@@ -104,12 +121,12 @@ class DDRNet(nn.Cell):
         # High-resolution branch (stays at /8); its blocks mirror the depth of the low branch's.
         if self.split_layer3:
             half = n3 // 2
-            self.layer3_1_ = self._make_layer(BasicBlock, 2 * p, hp, half, r3[:half])
-            self.layer3_2_ = self._make_layer(BasicBlock, hp, hp, n3 - half, r3[half:])
+            self.layer3_1_ = self._make_layer(BasicBlock, 2 * p, hp, half, h3[:half])
+            self.layer3_2_ = self._make_layer(BasicBlock, hp, hp, n3 - half, h3[half:])
         else:
-            self.layer3_ = self._make_layer(BasicBlock, 2 * p, hp, n3, r3)
-        self.layer4_ = self._make_layer(BasicBlock, hp, hp, n4, r4)
-        self.layer5_ = self._make_layer(Bottleneck, hp, hp, 1, r5)
+            self.layer3_ = self._make_layer(BasicBlock, 2 * p, hp, n3, h3)
+        self.layer4_ = self._make_layer(BasicBlock, hp, hp, n4, h4)
+        self.layer5_ = self._make_layer(Bottleneck, hp, hp, 1, h5)
         self.down5 = self._down_twice(4 * p, 8 * p, 16 * p)
         self.layer5 = self._make_layer(Bottleneck, 8 * p, 8 * p, 1, r5)
         # Head.
@@ -134,7 +151,7 @@ class DDRNet(nn.Cell):
         downsample = None
         if stride != 1 or in_ch != out_ch:
             downsample = conv_bn(conv1x1(in_ch, out_ch, stride), out_ch)
-        extra = {"pad_mode": self._pad_mode}
+        extra = {"pad_mode": self._pad_mode, "drop_path_mode": self.drop_path_mode}
         if block is Bottleneck:
             extra["bn3_momentum"] = self._bn3_momentum
         cells = [block(in_ch, planes, stride, downsample, drop_path=rates[0], **extra)]
@@ -179,20 +196,30 @@ class DDRNet(nn.Cell):
         return self.linear(x)
 
 
-def _drop_path_schedule(layers: tuple[int, int, int, int], rate: float) -> list[list[float]]:
-    """Per-block drop-path rates rising linearly from 0 to ``rate`` over the low branch's blocks
-    (layer1..layer4, then layer5); the high branch's layers reuse the rates of the same depth."""
-    counts = [*layers, 1]
-    flat = np.linspace(0.0, rate, sum(counts)).tolist()
-    out, start = [], 0
-    for n in counts:
-        out.append(flat[start : start + n])
-        start += n
-    return out
+def drop_path_schedule(layers: tuple[int, int, int, int], rate: float, mode: str = "zoo"
+                       ) -> dict[str, list[float]]:
+    """Per-block drop-path rates of every layer (``layer1``..``layer5``, ``layer3_``..``layer5_``) for
+    ``mode`` (see the module docstring)."""
+    n1, n2, n3, n4 = layers
+    if mode == "branch":
+        flat = np.linspace(0.0, rate, sum(layers) + 1).tolist()
+        starts = np.cumsum([0, n1, n2, n3, n4]).tolist()
+        low = [flat[a : a + n] for a, n in zip(starts, (n1, n2, n3, n4, 1), strict=True)]
+        return {"layer1": low[0], "layer2": low[1], "layer3": low[2], "layer4": low[3], "layer5": low[4],
+                "layer3_": low[2], "layer4_": low[3], "layer5_": low[4]}
+    if mode != "zoo":
+        raise ValueError(f"drop_path_mode must be one of {DROP_PATH_MODES}, got {mode!r}")
+    flat = np.linspace(0.0, rate, sum(layers)).tolist()
+    s2, s3, s4 = n1, n1 + n2, n1 + n2 + n3
+    return {"layer1": flat[:s2], "layer2": flat[s2:s3], "layer3": flat[s3:s4], "layer4": flat[s4:],
+            "layer5": [float(rate)], "layer3_": flat[s2 : s2 + n3], "layer4_": flat[s3 : s3 + n4],
+            "layer5_": [float(rate)]}
 
 
-def _build(arch: str, num_classes: int = 1000, drop_path_rate: float = 0.0, variant: str = "zoo") -> DDRNet:
-    net = DDRNet(ARCHS[arch], num_classes=num_classes, drop_path_rate=drop_path_rate, variant=variant)
+def _build(arch: str, num_classes: int = 1000, drop_path_rate: float = 0.0, variant: str = "zoo",
+           drop_path_mode: str = "zoo") -> DDRNet:
+    net = DDRNet(ARCHS[arch], num_classes=num_classes, drop_path_rate=drop_path_rate, variant=variant,
+                 drop_path_mode=drop_path_mode)
     net.arch = arch
     return net
 

@@ -118,8 +118,9 @@ def init_conv_weights(cell: nn.Cell) -> None:
 
 
 class DropPath(nn.Cell):
-    """Stochastic depth: in training, zero a sample's residual branch with probability ``rate`` and
-    scale the survivors by ``1 / (1 - rate)``; identity in eval (so exported graphs hold no random op)."""
+    """Stochastic depth: in training, zero a sample's input with probability ``rate`` and scale the
+    survivors by ``1 / (1 - rate)``; identity in eval (so exported graphs hold no random op). Which
+    input of a block's sum it is applied to is the block's ``drop_path_mode``."""
 
     def __init__(self, rate: float = 0.0) -> None:
         super().__init__()
@@ -137,8 +138,16 @@ class DropPath(nn.Cell):
         return x * mask / self.keep
 
 
+def _drop_shortcut(mode: str) -> bool:
+    if mode not in ("zoo", "branch"):
+        raise ValueError(f"drop_path_mode must be 'zoo' or 'branch', got {mode!r}")
+    return mode == "zoo"
+
+
 class BasicBlock(nn.Cell):
-    """Two 3x3 conv+BN with a residual; ``no_relu`` drops the ReLU after the sum."""
+    """Two 3x3 conv+BN with a residual; ``no_relu`` drops the ReLU after the sum. Drop-path applies to
+    the shortcut (``drop_path_mode="zoo"``: ``out += drop_path(residual)`` as in the model zoo) or to
+    the branch (``"branch"``)."""
 
     expansion = 1
 
@@ -151,6 +160,7 @@ class BasicBlock(nn.Cell):
         no_relu: bool = False,
         drop_path: float = 0.0,
         pad_mode: str = "pad",
+        drop_path_mode: str = "zoo",
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_ch, planes, stride, pad_mode=pad_mode)
@@ -161,12 +171,13 @@ class BasicBlock(nn.Cell):
         self.has_downsample = downsample is not None
         self.no_relu = no_relu
         self.drop_path = DropPath(drop_path)
+        self.drop_shortcut = _drop_shortcut(drop_path_mode)
 
     def construct(self, x: Tensor) -> Tensor:
         out = ops.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = self.downsample(x) if self.has_downsample else x
-        out = self.drop_path(out) + shortcut
+        out = out + self.drop_path(shortcut) if self.drop_shortcut else self.drop_path(out) + shortcut
         if self.no_relu:
             return out
         return ops.relu(out)
@@ -187,6 +198,7 @@ class Bottleneck(nn.Cell):
         drop_path: float = 0.0,
         pad_mode: str = "pad",
         bn3_momentum: float = BN_MOMENTUM,
+        drop_path_mode: str = "zoo",
     ) -> None:
         super().__init__()
         self.conv1 = conv1x1(in_ch, planes)
@@ -199,13 +211,14 @@ class Bottleneck(nn.Cell):
         self.has_downsample = downsample is not None
         self.no_relu = no_relu
         self.drop_path = DropPath(drop_path)
+        self.drop_shortcut = _drop_shortcut(drop_path_mode)
 
     def construct(self, x: Tensor) -> Tensor:
         out = ops.relu(self.bn1(self.conv1(x)))
         out = ops.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         shortcut = self.downsample(x) if self.has_downsample else x
-        out = self.drop_path(out) + shortcut
+        out = out + self.drop_path(shortcut) if self.drop_shortcut else self.drop_path(out) + shortcut
         if self.no_relu:
             return out
         return ops.relu(out)

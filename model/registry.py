@@ -46,6 +46,7 @@ def create_model(
     drop_path_rate: float = 0.0,
     variant: str = "zoo",
     checkpoint_path: str | None = None,
+    drop_path_mode: str = "zoo",
 ) -> DDRNet:
     """Build a DDRNet classifier by name.
 
@@ -53,6 +54,8 @@ def create_model(
         name: one of :func:`list_models` (``ddrnet23``, ``ddrnet23_slim``, ``ddrnet39``).
         num_classes: size of the classifier head.
         drop_path_rate: stochastic-depth rate of the deepest block (linear from 0), training only.
+        drop_path_mode: ``"zoo"`` (drop the shortcut, the model zoo's schedule) or ``"branch"`` (drop
+            the residual branch); see ``model.ddrnet``.
         variant: ``"zoo"`` (MindSpore model zoo numerics) or ``"authors"`` (authors' PyTorch numerics,
             the variant ``ddrnet convert`` produces). The result carries it as ``net.variant``.
         checkpoint_path: optional MindSpore checkpoint loaded strictly with
@@ -71,7 +74,8 @@ def create_model(
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not 0.0 <= float(drop_path_rate) < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
-    net = registry[name](num_classes=num_classes, drop_path_rate=float(drop_path_rate), variant=variant)
+    net = registry[name](num_classes=num_classes, drop_path_rate=float(drop_path_rate), variant=variant,
+                         drop_path_mode=drop_path_mode)
     if checkpoint_path is not None:
         from model.weights import load_checkpoint
 

@@ -78,9 +78,15 @@ class TrainConfig(BaseModel):
     decay: float = Field(0.9, ge=0.0, lt=1.0, description="RMSProp decay")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="momentum/sgd/rmsprop momentum")
     batch_size: int = Field(128, ge=1, le=65536, description="images per device (worker) per step")
+    global_batch: int | None = Field(
+        None, ge=1, description="the global batch (batch_size x workers) this config is written for; a job "
+        "with another number of workers stops naming the LR it would get (null: any)")
     num_parallel_workers: int = Field(8, ge=1, le=128, description="data pipeline workers per process")
     device_target: Literal["CPU", "GPU", "Ascend"] = "Ascend"
     drop_path_rate: float = Field(0.1, ge=0.0, lt=1.0, description="stochastic depth of the last block")
+    drop_path_mode: Literal["zoo", "branch"] = Field(
+        "zoo", description="zoo: drop the shortcut with the model zoo's rates (the published recipe); "
+        "branch: drop the residual branch (timm)")
     device_id: int | None = Field(
         None, ge=0, le=4095, description="device of a single-process run; null: msrun negotiates one per "
         "worker, mpirun uses the local rank, one process uses device 0")
@@ -170,6 +176,9 @@ class TrainConfig(BaseModel):
             raise ValueError(f"min_lr ({self.min_lr}) exceeds base_lr ({self.base_lr})")
         if self.crop_scale[1] > 1.0:
             raise ValueError(f"crop_scale upper bound must be <= 1, got {self.crop_scale[1]}")
+        if self.global_batch is not None and self.global_batch % self.batch_size:
+            raise ValueError(f"global_batch ({self.global_batch}) is not a multiple of batch_size "
+                             f"({self.batch_size})")
         if self.mixup_off_epoch > self.epochs:
             raise ValueError(f"mixup_off_epoch ({self.mixup_off_epoch}) exceeds epochs ({self.epochs})")
         return self

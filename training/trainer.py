@@ -69,7 +69,7 @@ def build_network(cfg: TrainConfig):
     from training.device import apply_amp
 
     net = create_model(cfg.arch, num_classes=cfg.num_classes, drop_path_rate=cfg.drop_path_rate,
-                       variant=cfg.model_variant)
+                       variant=cfg.model_variant, drop_path_mode=cfg.drop_path_mode)
     return net, apply_amp(net, cfg.amp_level, cfg.keep_bn_fp32)
 
 
@@ -142,6 +142,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _prepare_data(self) -> None:
         cfg = self.cfg
+        self._check_global_batch()
         root = Path(cfg.data_url)
         if not root.is_dir():
             raise DataError(f"data_url: dataset folder not found: {root}")
@@ -265,6 +266,19 @@ class Trainer:
             self.resumed_from = path
             return
         raise TrainingError("--resume: no usable checkpoint: " + "; ".join(errors))
+
+    def _check_global_batch(self) -> None:
+        cfg, world = self.cfg, self.dist.world_size
+        actual = cfg.batch_size * world
+        if cfg.global_batch is None or cfg.global_batch == actual:
+            return
+        want_lr, got_lr = cfg.base_lr * lr_scale(cfg.global_batch), cfg.base_lr * lr_scale(actual)
+        raise TrainingError(
+            f"global_batch: this config is written for a global batch of {cfg.global_batch} "
+            f"({cfg.global_batch // cfg.batch_size} workers x {cfg.batch_size}, peak LR {want_lr:g}); this "
+            f"job is {world} worker(s) x {cfg.batch_size} = {actual} (peak LR {got_lr:g}). Launch "
+            f"{cfg.global_batch // cfg.batch_size} workers, or --set global_batch=null to train at {actual}"
+        )
 
     def _lr_notes(self, saved: dict, current: dict) -> list[str]:
         """What a resumed run changes in its LR schedule, and the LR at the step it resumes from."""

@@ -117,3 +117,32 @@ def test_amp_o2_training_forward_with_drop_path():
     with ms_mode(ms.GRAPH_MODE):
         out = net(Tensor(images((2, 3, 64, 64)))).asnumpy()
     assert out.shape == (2, 10) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("mode", ["zoo", "branch"])
+def test_each_drop_path_mode_drops_what_it_says(mode):
+    """Against each formulation written out: zoo ``relu(branch + m * shortcut / keep)`` (the model
+    zoo's ``out += self.drop_path(residual)``), branch ``relu(m * branch / keep + shortcut)``, with
+    m in {0, 1} per sample and both outcomes seen."""
+    from mindspore import ops
+
+    from model.layers import BasicBlock
+
+    ms.set_seed(5)
+    block = BasicBlock(8, 8, drop_path=0.5, drop_path_mode=mode)
+    x = Tensor(np.repeat(images((1, 8, 8, 8)), 64, axis=0))
+    with ms_mode(ms.PYNATIVE_MODE):
+        block.set_train(False)  # BatchNorm on its running statistics: the sample's own numbers only
+        branch = block.bn2(block.conv2(ops.relu(block.bn1(block.conv1(x))))).asnumpy()
+        shortcut = x.asnumpy()
+        block.drop_path.set_train(True)
+        out = block(x).asnumpy()
+    keep = 0.5
+    if mode == "zoo":
+        dropped, kept = np.maximum(branch, 0), np.maximum(branch + shortcut / keep, 0)
+    else:
+        dropped, kept = np.maximum(shortcut, 0), np.maximum(branch / keep + shortcut, 0)
+    is_dropped = np.array([np.allclose(o, d, atol=1e-5) for o, d in zip(out, dropped, strict=True)])
+    is_kept = np.array([np.allclose(o, k, atol=1e-5) for o, k in zip(out, kept, strict=True)])
+    assert (is_dropped | is_kept).all()
+    assert 5 < is_dropped.sum() < 59

@@ -10,7 +10,7 @@ import pytest
 
 from model import create_model, list_models
 from model.convert import ConvertError, map_authors_state_dict
-from model.ddrnet import _drop_path_schedule
+from model.ddrnet import drop_path_schedule
 from model.preprocess_config import resolve_preprocess
 from tests.support.ddrnet_testutil import reference
 
@@ -102,15 +102,53 @@ def test_bn_settings_follow_each_source(nets):
     assert zoo.layer1[0].bn1.eps == pytest.approx(1e-5)
 
 
-def test_drop_path_schedule_is_linear_over_blocks():
-    rates = _drop_path_schedule((3, 4, 6, 3), 0.2)
-    flat = [r for stage in rates for r in stage]
-    assert [len(s) for s in rates] == [3, 4, 6, 3, 1]
-    np.testing.assert_allclose(flat, np.linspace(0.0, 0.2, 17))
-    net = create_model("ddrnet23_slim", drop_path_rate=0.1)
-    assert net.layer1[0].drop_path.rate == 0.0
+def test_branch_drop_path_schedule_is_linear_over_blocks():
+    rates = drop_path_schedule((3, 4, 6, 3), 0.2, "branch")
+    low = [rates[k] for k in ("layer1", "layer2", "layer3", "layer4", "layer5")]
+    assert [len(s) for s in low] == [3, 4, 6, 3, 1]
+    np.testing.assert_allclose([r for stage in low for r in stage], np.linspace(0.0, 0.2, 17))
+    assert (rates["layer3_"], rates["layer4_"], rates["layer5_"]) == (low[2], low[3], low[4])
+    net = create_model("ddrnet23_slim", drop_path_rate=0.1, drop_path_mode="branch")
+    assert net.layer1[0].drop_path.rate == 0.0 and not net.layer1[0].drop_shortcut
     assert net.layer5[0].drop_path.rate == pytest.approx(0.1)
     assert net.layer3_[1].drop_path.rate == net.layer3[1].drop_path.rate > 0
+
+
+def _zoo_reference_rates(layers, rate):
+    """The model zoo's ``DualResNet.__init__`` (research/cv/DDRNet/src/models/ddrnet23.py), its slicing
+    restated: ``self.drop_path_rate = np.linspace(0, drop_path_rate, sum(layers))``, layerK takes
+    ``[sum(layers[:K-1]):sum(layers[:K])]``, layer3_ the slice of layer2, layer4_ the slice of layer3,
+    layer5 and layer5_ ``[drop_path_rate]``; ``_make_layer`` reads ``drop_path_rate[i]`` per block."""
+    dpr = np.linspace(0, rate, sum(layers))
+    cut = [sum(layers[:k]) for k in range(5)]
+    return {"layer1": list(dpr[cut[0]:cut[1]]), "layer2": list(dpr[cut[1]:cut[2]]),
+            "layer3": list(dpr[cut[2]:cut[3]]), "layer4": list(dpr[cut[3]:cut[4]]),
+            "layer3_": list(dpr[cut[1]:cut[2]][:2]), "layer4_": list(dpr[cut[2]:cut[3]][:2]),
+            "layer5": [rate], "layer5_": [rate]}
+
+
+def test_zoo_drop_path_schedule_is_the_model_zoos():
+    ours = drop_path_schedule((2, 2, 2, 2), 0.1, "zoo")
+    ref = _zoo_reference_rates((2, 2, 2, 2), 0.1)
+    assert ours.keys() == ref.keys()
+    for key in ref:
+        np.testing.assert_allclose(ours[key], ref[key], err_msg=key)
+    # the built network carries them, and the zoo mode drops the shortcut
+    net = create_model("ddrnet23", drop_path_rate=0.1)
+    assert net.drop_path_mode == "zoo" and net.layer1[0].drop_shortcut
+    built = {key: [b.drop_path.rate for b in getattr(net, key)] for key in ref}
+    for key in ref:
+        np.testing.assert_allclose(built[key], ref[key], err_msg=key)
+    # DDRNet-39: the high branch is deeper than the stage it borrows from and continues into the next
+    deep = drop_path_schedule((3, 4, 6, 3), 0.2, "zoo")
+    flat = np.linspace(0, 0.2, 16)
+    np.testing.assert_allclose(deep["layer3_"], flat[3:9])
+    np.testing.assert_allclose(deep["layer4_"], flat[7:10])
+    net39 = create_model("ddrnet39", drop_path_rate=0.2)
+    got = [b.drop_path.rate for b in net39.layer3_1_] + [b.drop_path.rate for b in net39.layer3_2_]
+    np.testing.assert_allclose(got, flat[3:9])
+    with pytest.raises(ValueError, match="drop_path_mode must be one of"):
+        create_model("ddrnet23_slim", drop_path_mode="shortcut")
 
 
 def test_default_preprocessing_needs_no_mindspore():

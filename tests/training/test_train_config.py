@@ -20,7 +20,8 @@ RECIPE_KEYS = [
 
 
 @pytest.mark.parametrize(
-    "name", ["ddrnet23_imagenet_ascend", "ddrnet23_imagenet_gpu", "ddrnet23_imagenet_cpu", "digits_demo"])
+    "name", ["ddrnet23_imagenet_ascend", "ddrnet23_imagenet_ascend_8x512", "ddrnet23_imagenet_gpu",
+             "ddrnet23_imagenet_cpu", "digits_demo"])
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.image_size % 32 == 0
@@ -42,6 +43,21 @@ def test_zoo_recipe_values():
     assert (cfg.batch_size, cfg.weight_decay, cfg.drop_path_rate) == (256, 1e-4, 0.1)
     assert cfg.is_dynamic_loss_scale
     assert load_config(CONFIGS / "ddrnet23_imagenet_ascend.yaml").batch_size == 128
+
+
+@pytest.mark.parametrize(("name", "per_card", "global_batch"), [
+    ("ddrnet23_imagenet_ascend", 128, 1024), ("ddrnet23_imagenet_gpu", 256, 2048),
+    ("ddrnet23_imagenet_ascend_8x512", 512, 4096)])
+def test_zoo_configs_state_their_global_batch_and_the_lr_it_implies(name, per_card, global_batch):
+    from training.schedules import lr_scale
+
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert (cfg.batch_size, cfg.global_batch, cfg.drop_path_mode) == (per_card, global_batch, "zoo")
+    peak = cfg.base_lr * lr_scale(global_batch)
+    text = (CONFIGS / f"{name}.yaml").read_text()
+    assert f"= {peak:g}" in text, f"{name} does not state its peak LR {peak:g}"
+    with pytest.raises(ConfigError, match=r"global_batch .* is not a multiple of batch_size"):
+        load_config(CONFIGS / f"{name}.yaml", [f"global_batch={global_batch + 1}"])
 
 
 def _base(**kw):

@@ -150,6 +150,10 @@ def test_bad_config_and_missing_data_are_one_line_errors(folder, tmp_path):
     assert result.returncode == 2 and "data_url: dataset folder not found" in result.stderr
     result = ddrnet("train", "--config", str(cfg), "--set", "num_classes=4")
     assert result.returncode == 2 and "num_classes is 4 but" in result.stderr
+    result = ddrnet("train", "--config", str(cfg), "--set", "global_batch=32")
+    assert result.returncode == 2 and ("global_batch: this config is written for a global batch of 32 "
+                                       "(4 workers x 8, peak LR 0.05); this job is 1 worker(s) x 8 = 8") \
+        in result.stderr, result.stderr
     result = ddrnet("train", "--config", str(cfg), "--set", "device_target=GPU")
     assert result.returncode == 2 and "device_target: GPU is not available" in result.stderr
     result = ddrnet("train", "--config", str(cfg), "--resume")
