@@ -127,6 +127,33 @@ def grad_reducer(params, dist: DistInfo):
     return nn.DistributedGradReducer(params, mean=True, degree=dist.world_size)
 
 
+BN_STATS = (".moving_mean", ".moving_variance")
+
+
+def distribute_bn(net, dist: DistInfo) -> int:
+    """Average every BatchNorm running statistic over the ranks, in place (timm's ``distribute_bn``
+    with ``reduce=True``), so every rank evaluates and rank 0 saves the same model. Each rank's
+    statistics come from its own shard; without this, sharded eval averages several models while
+    ``best.ckpt`` holds rank 0's. One all-reduce of all statistics. Returns how many were averaged."""
+    import numpy as np
+
+    if not dist.enabled:
+        return 0
+    import mindspore as ms
+
+    stats = [p for p in net.get_parameters() if p.name.endswith(BN_STATS)]
+    if not stats:
+        return 0
+    flat = np.concatenate([p.asnumpy().astype(np.float32).ravel() for p in stats])
+    mean = all_reduce_sum(flat, dist) / dist.world_size
+    offset = 0
+    for param in stats:
+        size = int(np.prod(param.shape))
+        param.set_data(ms.Tensor(mean[offset : offset + size].reshape(param.shape), dtype=param.dtype))
+        offset += size
+    return len(stats)
+
+
 def all_reduce_sum(values, dist: DistInfo):
     """Sum a float64 numpy vector over the workers (eval counts); identity for one process."""
     import numpy as np
@@ -138,3 +165,27 @@ def all_reduce_sum(values, dist: DistInfo):
 
     total = ops.AllReduce(ops.ReduceOp.SUM)(ms.Tensor(np.asarray(values, dtype=np.float32)))
     return total.asnumpy().astype(np.float64)
+
+
+def any_rank(flag: bool, dist: DistInfo) -> bool:
+    """Whether ``flag`` holds on any rank (one scalar all-reduce; ``flag`` itself for one process)."""
+    if not dist.enabled:
+        return bool(flag)
+    return bool(all_reduce_sum([1.0 if flag else 0.0], dist)[0] > 0)
+
+
+def gather_text(text: str, dist: DistInfo, limit: int = 2048) -> list[str]:
+    """Every rank's ``text`` (UTF-8, cut at ``limit`` bytes), by rank: one all-gather of byte codes.
+    For messages only one rank knows (the path of a corrupt file) that every rank must report."""
+    if not dist.enabled:
+        return [text]
+    import mindspore as ms
+    import numpy as np
+    from mindspore import ops
+
+    raw = text.encode("utf-8", "replace")[:limit]
+    codes = np.zeros(limit + 1, dtype=np.int32)
+    codes[0] = len(raw)
+    codes[1 : 1 + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+    rows = ops.AllGather()(ms.Tensor(codes)).asnumpy().reshape(dist.world_size, limit + 1)
+    return [bytes(row[1 : 1 + int(row[0])].astype(np.uint8)).decode("utf-8", "replace") for row in rows]

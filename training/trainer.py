@@ -37,7 +37,7 @@ from training.data import (
     steps_per_epoch,
     train_dataset,
 )
-from training.distributed import DistInfo, grad_reducer
+from training.distributed import DistInfo, any_rank, distribute_bn, gather_text, grad_reducer
 from training.progress import EpochProgress, JsonlLog, epoch_summary
 from training.run_info import RunInfo, write_run_info
 from training.schedules import build_lr_schedule, lr_changes, lr_scale, lr_settings, lr_value
@@ -375,18 +375,18 @@ class Trainer:
                                             "(lower base_lr or enable clip_global_norm)")
                     scale = float(self.scale_state.scale_value.asnumpy())
                     progress.update(self.state.step, loss_value, lr, scale, overflow=not bool(finite))
-                    if self.bad_log.size() != bad_seen:
-                        bad_seen = self._check_bad_images()
+                    bad_seen = self._poll_bad_images(bad_seen)
                     if (cfg.ckpt_every_steps and self.state.step % cfg.ckpt_every_steps == 0
                             and self.state.step_in_epoch < self.steps_per_epoch):
+                        distribute_bn(self.net, self.dist)  # what rank 0 saves is every rank's model
                         self._save(is_best=False)
             finally:
                 iterator.stop()
             seconds = progress.close()
-            if self.state.step_in_epoch < self.steps_per_epoch:
-                self._check_bad_images()
+            bad_seen = self._poll_bad_images(bad_seen)
             self.state.epoch += 1
             self.state.step_in_epoch = 0
+            distribute_bn(self.net, self.dist)  # one model on every rank: evaluated, chosen and saved
             last = self.state.epoch == cfg.epochs
             pausing = self.state.epoch == last_epoch
             metrics = None
@@ -427,16 +427,33 @@ class Trainer:
     def _say(self, line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    def _poll_bad_images(self, seen: int) -> int:
+        """Act on images that could not be decoded since the log had ``seen`` bytes. With
+        ``corrupt_images: fail`` on several ranks this is collective (every rank calls it at the same
+        points): a corrupt file met by one rank stops every rank with the same message, instead of
+        one rank raising while the others wait in the next all-reduce forever."""
+        new = self.bad_log.size() != seen
+        if self.dist.enabled and self.cfg.corrupt_images == "fail":
+            new = any_rank(new, self.dist)
+        return self._check_bad_images() if new else seen
+
     def _check_bad_images(self) -> int:
         """Apply ``corrupt_images``: fail naming the path, or note the skip. Returns the log size seen."""
         entries = self.bad_log.entries()
-        if entries and self.cfg.corrupt_images == "fail":
-            path, reason = entries[0]
-            more = ""
-            if len(entries) > 1:
-                more = f" (and {len(entries) - 1} more, listed in {self.bad_log.path})"
-            raise DataError(f"corrupt image {path}: {reason}{more}; fix or remove it, or set "
-                            "corrupt_images: skip")
+        if self.cfg.corrupt_images == "fail":
+            mine = ""
+            if entries:
+                path, reason = entries[0]
+                mine = f"{path}: {reason}"
+                if len(entries) > 1:
+                    mine += f" (and {len(entries) - 1} more, listed in {self.bad_log.path})"
+            reports = gather_text(mine, self.dist)  # collective when several ranks: see _poll_bad_images
+            failing = [(rank, text) for rank, text in enumerate(reports) if text]
+            if failing:
+                rank, text = failing[0]
+                where = f" (read by rank {rank} of {self.dist.world_size})" if self.dist.enabled else ""
+                raise DataError(f"corrupt image {text}{where}; fix or remove it, or set "
+                                "corrupt_images: skip")
         if entries:
             self.jlog.write("skipped_images", count=len(entries), list=self.bad_log.path)
             log.warning("skipping %d undecodable image(s), listed in %s", len(entries), self.bad_log.path)
@@ -452,9 +469,9 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         from training.evaluate import evaluate
 
+        before = self.bad_log.size()
         metrics = evaluate(self.net_amp, self.cfg, self.val_split, self.dist, self.bad_log, show_bar=False)
-        if self.bad_log.size():
-            self._check_bad_images()
+        self._poll_bad_images(before)
         return metrics
 
 
