@@ -63,8 +63,11 @@ class DDRNet(nn.Cell):
         drop_path_rate: float = 0.0,
         variant: str = "zoo",
         drop_path_mode: str = "zoo",
+        drop_path_seed: int = 0,
     ) -> None:
         super().__init__()
+        self._drop_path_seed = int(drop_path_seed)
+        self._blocks_made = 0
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if drop_path_mode not in DROP_PATH_MODES:
@@ -154,10 +157,17 @@ class DDRNet(nn.Cell):
         extra = {"pad_mode": self._pad_mode, "drop_path_mode": self.drop_path_mode}
         if block is Bottleneck:
             extra["bn3_momentum"] = self._bn3_momentum
-        cells = [block(in_ch, planes, stride, downsample, drop_path=rates[0], **extra)]
+        cells = [block(in_ch, planes, stride, downsample, drop_path=rates[0],
+                       drop_path_seed=self._next_seed(), **extra)]
         for i in range(1, blocks):
-            cells.append(block(out_ch, planes, 1, None, no_relu=i == blocks - 1, drop_path=rates[i], **extra))
+            cells.append(block(out_ch, planes, 1, None, no_relu=i == blocks - 1, drop_path=rates[i],
+                               drop_path_seed=self._next_seed(), **extra))
         return nn.SequentialCell(cells)
+
+    def _next_seed(self) -> int:
+        """A distinct drop-path seed per block (in build order), from the network's ``drop_path_seed``."""
+        self._blocks_made += 1
+        return (self._drop_path_seed * 0x9E3779B1 + self._blocks_made * 0x85EBCA6B) & 0x7FFFFFFF
 
     def _down_twice(self, in_ch: int, mid_ch: int, out_ch: int) -> nn.SequentialCell:
         """Two strided 3x3 conv+BN with a ReLU between: /8 → /32 (names ``.0``, ``.1``, ``.3``, ``.4``)."""
@@ -217,9 +227,9 @@ def drop_path_schedule(layers: tuple[int, int, int, int], rate: float, mode: str
 
 
 def _build(arch: str, num_classes: int = 1000, drop_path_rate: float = 0.0, variant: str = "zoo",
-           drop_path_mode: str = "zoo") -> DDRNet:
+           drop_path_mode: str = "zoo", drop_path_seed: int = 0) -> DDRNet:
     net = DDRNet(ARCHS[arch], num_classes=num_classes, drop_path_rate=drop_path_rate, variant=variant,
-                 drop_path_mode=drop_path_mode)
+                 drop_path_mode=drop_path_mode, drop_path_seed=drop_path_seed)
     net.arch = arch
     return net
 

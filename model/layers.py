@@ -117,24 +117,76 @@ def init_conv_weights(cell: nn.Cell) -> None:
             )
 
 
+#: Name (last component) of a DropPath cell's step counter (training state, not weights: see DropPath).
+DROP_PATH_CLOCK = "clock"
+
+
+def is_drop_path_clock(name: str) -> bool:
+    """Whether a parameter name is a DropPath step counter (``layer3.1.drop_path.clock``)."""
+    return name.rsplit(".", 1)[-1] == DROP_PATH_CLOCK
+
+# Counter-based random numbers: a 32-bit integer mixer (lowbias32, written with int32 arithmetic and
+# logical shifts so numpy and every MindSpore backend compute the same bits), turned into uniforms.
+_GOLDEN = -1640531535  # 0x9E3779B1 as int32
+_MIX1, _MIX2 = 0x7FEB352D, -2073254261  # 0x7FEB352D, 0x846CA68B as int32
+
+
+def _mix32(x: Tensor) -> Tensor:
+    x = ops.bitwise_xor(x, ops.bitwise_and(ops.bitwise_right_shift(x, 16), 0xFFFF)) * _MIX1
+    x = ops.bitwise_xor(x, ops.bitwise_and(ops.bitwise_right_shift(x, 15), 0x1FFFF)) * _MIX2
+    return ops.bitwise_xor(x, ops.bitwise_and(ops.bitwise_right_shift(x, 16), 0xFFFF))
+
+
+def mix32_reference(x: np.ndarray) -> np.ndarray:
+    """:func:`_mix32` in numpy (int32, wrapping), for tests and host-side use."""
+    x = np.asarray(x, dtype=np.int32)
+    with np.errstate(over="ignore"):
+        x = ((x ^ ((x >> 16) & 0xFFFF)) * np.int32(_MIX1)).astype(np.int32)
+        x = ((x ^ ((x >> 15) & 0x1FFFF)) * np.int32(_MIX2)).astype(np.int32)
+        return x ^ ((x >> 16) & 0xFFFF)
+
+
+def drop_path_keep_reference(seed: int, step: int, batch: int, keep: float) -> np.ndarray:
+    """Which samples a DropPath with ``seed`` keeps at ``step`` (its clock), in numpy."""
+    with np.errstate(over="ignore"):
+        base = mix32_reference(np.int32(step) * np.int32(_GOLDEN) + np.int32(seed))
+        h = mix32_reference(np.arange(batch, dtype=np.int32) * np.int32(_GOLDEN) + base)
+    uniform = ((h >> 8) & 0xFFFFFF).astype(np.float32) / np.float32(16777216.0)
+    return uniform < np.float32(keep)
+
+
 class DropPath(nn.Cell):
     """Stochastic depth: in training, zero a sample's input with probability ``rate`` and scale the
     survivors by ``1 / (1 - rate)``; identity in eval (so exported graphs hold no random op). Which
-    input of a block's sum it is applied to is the block's ``drop_path_mode``."""
+    input of a block's sum it is applied to is the block's ``drop_path_mode``.
 
-    def __init__(self, rate: float = 0.0) -> None:
+    The masks are a pure function of (``seed``, the cell's step counter, the sample's index): a
+    counter-based hash, not MindSpore's stateful random ops, whose state cannot be saved. The counter
+    (``clock``, an int32 Parameter named ``...drop_path.clock``, only when ``rate > 0``) advances once
+    per training forward and is saved in training checkpoints with the weights, so a resumed run draws
+    exactly the masks an uninterrupted one would. Weight loaders treat it as optional."""
+
+    def __init__(self, rate: float = 0.0, seed: int = 0) -> None:
         super().__init__()
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"drop path rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
         self.keep = 1.0 - self.rate
+        self.seed = int(seed) & 0x7FFFFFFF
+        self.has_clock = self.rate > 0.0
+        if self.has_clock:
+            self.clock = ms.Parameter(Tensor(0, ms.int32), name="clock", requires_grad=False)
 
     def construct(self, x: Tensor) -> Tensor:
-        if not self.training or self.rate == 0.0:
+        if not self.training or not self.has_clock:
             return x
+        step = self.clock + 0
+        ops.assign_add(self.clock, Tensor(1, ms.int32))
+        base = _mix32(step * _GOLDEN + self.seed)
+        h = _mix32(ops.arange(x.shape[0], dtype=ms.int32) * _GOLDEN + base)
+        uniform = ops.bitwise_and(ops.bitwise_right_shift(h, 8), 0xFFFFFF).astype(ms.float32) / 16777216.0
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        # Drawn in float32 (CPU Bernoulli has no float16 kernel), then cast for AMP networks.
-        mask = ops.bernoulli(ops.ones(shape, ms.float32), p=self.keep).astype(x.dtype)
+        mask = (uniform < self.keep).astype(x.dtype).reshape(shape)
         return x * mask / self.keep
 
 
@@ -161,6 +213,7 @@ class BasicBlock(nn.Cell):
         drop_path: float = 0.0,
         pad_mode: str = "pad",
         drop_path_mode: str = "zoo",
+        drop_path_seed: int = 0,
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(in_ch, planes, stride, pad_mode=pad_mode)
@@ -170,7 +223,7 @@ class BasicBlock(nn.Cell):
         self.downsample = downsample
         self.has_downsample = downsample is not None
         self.no_relu = no_relu
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path, drop_path_seed)
         self.drop_shortcut = _drop_shortcut(drop_path_mode)
 
     def construct(self, x: Tensor) -> Tensor:
@@ -199,6 +252,7 @@ class Bottleneck(nn.Cell):
         pad_mode: str = "pad",
         bn3_momentum: float = BN_MOMENTUM,
         drop_path_mode: str = "zoo",
+        drop_path_seed: int = 0,
     ) -> None:
         super().__init__()
         self.conv1 = conv1x1(in_ch, planes)
@@ -210,7 +264,7 @@ class Bottleneck(nn.Cell):
         self.downsample = downsample
         self.has_downsample = downsample is not None
         self.no_relu = no_relu
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(drop_path, drop_path_seed)
         self.drop_shortcut = _drop_shortcut(drop_path_mode)
 
     def construct(self, x: Tensor) -> Tensor:

@@ -47,6 +47,7 @@ def create_model(
     variant: str = "zoo",
     checkpoint_path: str | None = None,
     drop_path_mode: str = "zoo",
+    drop_path_seed: int = 0,
 ) -> DDRNet:
     """Build a DDRNet classifier by name.
 
@@ -56,6 +57,8 @@ def create_model(
         drop_path_rate: stochastic-depth rate of the deepest block (linear from 0), training only.
         drop_path_mode: ``"zoo"`` (drop the shortcut, the model zoo's schedule) or ``"branch"`` (drop
             the residual branch); see ``model.ddrnet``.
+        drop_path_seed: seeds the drop-path masks (``model.layers.DropPath``; a training run uses its
+            seed and rank).
         variant: ``"zoo"`` (MindSpore model zoo numerics) or ``"authors"`` (authors' PyTorch numerics,
             the variant ``ddrnet convert`` produces). The result carries it as ``net.variant``.
         checkpoint_path: optional MindSpore checkpoint loaded strictly with
@@ -75,7 +78,7 @@ def create_model(
     if not 0.0 <= float(drop_path_rate) < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
     net = registry[name](num_classes=num_classes, drop_path_rate=float(drop_path_rate), variant=variant,
-                         drop_path_mode=drop_path_mode)
+                         drop_path_mode=drop_path_mode, drop_path_seed=drop_path_seed)
     if checkpoint_path is not None:
         from model.weights import load_checkpoint
 

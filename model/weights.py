@@ -20,6 +20,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from model.layers import is_drop_path_clock
+
 log = logging.getLogger(__name__)
 
 _MAX_NAMED = 8  # how many offending names an error message lists
@@ -80,7 +82,9 @@ def load_state_into_net(
     """
     excluded = tuple(exclude)
     params = {p.name: p for p in net.get_parameters()}
-    missing = [n for n in params if n not in state and not _matches(n, excluded)]
+    # drop-path step counters are training state, not weights (model.layers.DropPath): never required
+    missing = [n for n in params if n not in state and not _matches(n, excluded)
+               and not is_drop_path_clock(n)]
     misshaped = [
         f"{n} (network {tuple(p.shape)}, {source} {tuple(state[n].shape)})"
         for n, p in params.items()

@@ -4,7 +4,9 @@ A checkpoint is one MindSpore ``.ckpt`` file (CRC-checked) holding the network p
 their own names (so ``model.load_checkpoint`` and export read it directly), the optimizer state
 (moments, ``global_step``), the loss-scale state (``loss_scale.scale_value``, ``loss_scale.counter``)
 and a JSON ``train_state`` string: epoch, step, step in epoch, best top-1, world size, seed, arch,
-class count, the LR settings the run used and the drop-path RNG state.
+class count and the LR settings the run used. The drop-path masks' step counters
+(``model.layers.DropPath``) are network parameters and travel with the weights; a checkpoint written
+before they existed resumes with them set to its step.
 
 The learning-rate schedule is not in it: a run computes its schedule from its config and indexes it
 with the restored ``global_step``, so a resumed run may extend ``epochs`` or change an LR setting
@@ -61,7 +63,6 @@ class TrainState:
     arch: str = ""  # "" in checkpoints written before these were recorded
     num_classes: int = 0
     lr_settings: dict[str, Any] = field(default_factory=dict)  # training.schedules.lr_settings
-    drop_path_rng: list[int] = field(default_factory=list)  # model.drop_path RNG state (empty: none)
 
     @classmethod
     def from_json(cls, text: str) -> TrainState:
@@ -177,6 +178,7 @@ def restore(path: Path, net, optimizer, loss_scaler, *, arch: str | None = None,
     A checkpoint of another ``arch`` or class count is refused naming both (checked from its saved
     state before anything is loaded; for older checkpoints, from the first parameter that differs)."""
     import mindspore as ms
+    import numpy as np
 
     params, state = read_checkpoint(path)
     if state is None:
@@ -185,6 +187,11 @@ def restore(path: Path, net, optimizer, loss_scaler, *, arch: str | None = None,
         raise CheckpointError(f"{path} was written by a {state.arch} run with {state.num_classes} classes; "
                               f"this run is {arch} with {num_classes} classes")
     entries = _state_entries(net, optimizer, loss_scaler)
+    from model.layers import is_drop_path_clock
+
+    clocks = [e for e in entries if is_drop_path_clock(e["name"]) and e["name"] not in params]
+    for entry in clocks:  # an older checkpoint: every drop-path cell has ticked once per step
+        params[entry["name"]] = ms.Tensor(np.array(state.step, dtype=np.int32))
     missing = [e["name"] for e in entries if e["name"] not in params]
     for entry in entries:
         name, target = entry["name"], entry["data"]

@@ -63,13 +63,15 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def build_network(cfg: TrainConfig):
-    """(network as created — parameters under their export names, network prepared for AMP)."""
+def build_network(cfg: TrainConfig, rank: int = 0):
+    """(network as created — parameters under their export names, network prepared for AMP). The
+    drop-path masks are seeded by the run's seed and the rank (each rank drops its own samples)."""
     from model import create_model
     from training.device import apply_amp
 
     net = create_model(cfg.arch, num_classes=cfg.num_classes, drop_path_rate=cfg.drop_path_rate,
-                       variant=cfg.model_variant, drop_path_mode=cfg.drop_path_mode)
+                       variant=cfg.model_variant, drop_path_mode=cfg.drop_path_mode,
+                       drop_path_seed=cfg.seed * 1009 + rank)
     return net, apply_amp(net, cfg.amp_level, cfg.keep_bn_fp32)
 
 
@@ -219,7 +221,7 @@ class Trainer:
 
         cfg = self.cfg
         ms.set_seed(cfg.seed)  # same initial weights on every rank
-        self.net, self.net_amp = build_network(cfg)
+        self.net, self.net_amp = build_network(cfg, self.dist.rank)
         self.net_amp.set_train(True)  # batch statistics in BatchNorm, drop-path on
         self.lrs = build_lr_schedule(cfg, self.steps_per_epoch, self.dist.world_size)
         self.optimizer = build_optimizer(cfg, self.net, self.lrs)

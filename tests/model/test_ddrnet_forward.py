@@ -64,18 +64,30 @@ def test_dynamic_batch_mindir_export(tmp_path):
 
 
 def test_drop_path_cell_drops_whole_samples_in_training_only():
-    drop = DropPath(0.5)
+    from model.layers import drop_path_keep_reference
+
+    drop = DropPath(0.5, seed=11)
     x = Tensor(np.ones((64, 2, 3, 3), np.float32))
     with ms_mode(ms.PYNATIVE_MODE):
-        ms.set_seed(3)
         drop.set_train(True)
-        out = drop(x).asnumpy()
+        first, second = drop(x).asnumpy(), drop(x).asnumpy()
         drop.set_train(False)
         np.testing.assert_array_equal(drop(x).asnumpy(), x.asnumpy())
-    per_sample = out.reshape(64, -1)
-    assert set(np.unique(per_sample)) == {0.0, 2.0}  # kept samples scaled by 1 / (1 - rate)
-    assert (per_sample == per_sample[:, :1]).all()  # a whole sample is dropped or kept
-    assert 10 < (per_sample[:, 0] == 0).sum() < 54
+    assert int(drop.clock.asnumpy()) == 2  # one tick per training forward, none in eval
+    for step, out in enumerate((first, second)):
+        per_sample = out.reshape(64, -1)
+        assert set(np.unique(per_sample)) == {0.0, 2.0}  # kept samples scaled by 1 / (1 - rate)
+        assert (per_sample == per_sample[:, :1]).all()  # a whole sample is dropped or kept
+        assert 10 < (per_sample[:, 0] == 0).sum() < 54
+        # the masks are the counter-based hash of (seed, step, sample): known without running the cell
+        np.testing.assert_array_equal(per_sample[:, 0] > 0, drop_path_keep_reference(11, step, 64, 0.5))
+    assert not np.array_equal(first, second)
+    # a cell whose clock is set to a step draws that step's mask again (what resume relies on)
+    drop.clock.set_data(Tensor(1, ms.int32))
+    with ms_mode(ms.PYNATIVE_MODE):
+        drop.set_train(True)
+        np.testing.assert_array_equal(drop(x).asnumpy(), second)
+    assert not hasattr(DropPath(0.0), "clock")  # no drop-path, no state: eval and export nets
 
 
 def test_drop_path_only_in_training():

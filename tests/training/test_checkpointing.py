@@ -161,3 +161,35 @@ def test_a_checkpoint_of_another_model_names_the_real_mismatch(tmp_path):
     other = nn.SequentialCell([nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Dense(4 * 8 * 8, 5)])
     with pytest.raises(CheckpointError, match="the checkpoint's classifier has 2 classes, this run 5"):
         restore(old, other, nn.Momentum(other.trainable_params(), 0.1, 0.9), scaler, arch="x", num_classes=5)
+
+
+def test_drop_path_counters_travel_with_the_weights_and_older_checkpoints_get_their_step(tmp_path):
+    import mindspore as ms
+    from mindspore import nn
+
+    from model.layers import DropPath
+
+    def net_with_drop_path():
+        ms.set_seed(1)
+        return nn.SequentialCell([nn.Dense(4, 4), DropPath(0.5, seed=3)])
+
+    net = net_with_drop_path()
+    opt = nn.Momentum(net.trainable_params(), 0.1, 0.9)
+    scaler = ms.amp.DynamicLossScaler(1024, 2, 5)
+    net[1].clock.set_data(ms.Tensor(7, ms.int32))
+    path = save_checkpoint(tmp_path / "c.ckpt", net, opt, scaler, TrainState(step=7))
+    assert int(read_checkpoint(path)[0]["1.clock"].asnumpy()) == 7
+    again = net_with_drop_path()
+    restore(path, again, nn.Momentum(again.trainable_params(), 0.1, 0.9), scaler)
+    assert int(again[1].clock.asnumpy()) == 7
+    # written before the counters existed: every drop-path cell ticked once per step
+    old = tmp_path / "old.ckpt"
+    entries = [{"name": p.name, "data": p} for p in net.get_parameters() if not p.name.endswith("clock")]
+    entries += [{"name": p.name, "data": p} for p in opt.get_parameters()
+                if p.name not in {e["name"] for e in entries} and p.name != "learning_rate"]
+    entries += [{"name": "loss_scale.scale_value", "data": scaler.scale_value},
+                {"name": "loss_scale.counter", "data": scaler.counter}]
+    ms.save_checkpoint(entries, str(old), append_dict={"train_state": '{"step": 5}'})
+    third = net_with_drop_path()
+    restore(old, third, nn.Momentum(third.trainable_params(), 0.1, 0.9), scaler)
+    assert int(third[1].clock.asnumpy()) == 5

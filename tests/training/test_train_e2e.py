@@ -40,9 +40,10 @@ def _steps(run_dir):
 def test_resume_continues_exactly_and_eval_matches(folder, tmp_path):
     from training.checkpointing import read_checkpoint
 
-    # every random choice is seeded per (seed, epoch, image): RandAugment, erasing, mixup/cutmix stay on
+    # every random choice is seeded per (seed, epoch, image): RandAugment, erasing, mixup/cutmix stay on;
+    # drop-path masks follow their step counters, saved in the checkpoint: drop-path on at 0.1
     common = {"auto_augment": "rand-m9-mstd0.5-inc1", "mix_up": 0.8, "cutmix": 1.0, "re_prob": 0.5,
-              "hflip": 0.5, "drop_path_rate": 0.0, "lr_scheduler": "cosine_lr", "epochs": 2,
+              "hflip": 0.5, "drop_path_rate": 0.1, "lr_scheduler": "cosine_lr", "epochs": 2,
               "warmup_length": 1}
     straight = tiny_config(tmp_path, folder, "a.yaml", output_dir=str(tmp_path / "a"), **common)
     sliced = tiny_config(tmp_path, folder, "b.yaml", output_dir=str(tmp_path / "b"), **common)

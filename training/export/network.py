@@ -33,9 +33,12 @@ def build_network(spec: ExportSpec) -> Any:
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError/OSError for bad files
         raise ExportError(f"cannot load checkpoint {spec.checkpoint} into {spec.arch}: {exc}") from None
     # Optimizer state (moments.*, global_step, ...) is ignored by the loader; an ignored entry under one
-    # of the network's own modules is a weight this network would silently drop.
+    # of the network's own modules is a weight this network would silently drop. Drop-path step
+    # counters are training state (the eval network has no drop-path), not weights.
+    from model.layers import is_drop_path_clock
+
     modules = {p.name.split(".")[0] for p in net.get_parameters()}
-    stray = [n for n in ignored if n.split(".")[0] in modules]
+    stray = [n for n in ignored if n.split(".")[0] in modules and not is_drop_path_clock(n)]
     if stray:
         shown = ", ".join(stray[:6]) + (" ..." if len(stray) > 6 else "")
         raise ExportError(
