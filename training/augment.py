@@ -381,6 +381,23 @@ def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) ->
     return int(top), int(bottom), int(left), int(right)
 
 
+def _mix_with_reverse(images: np.ndarray, lam_value: float) -> np.ndarray:
+    """``images = images * lam + images[::-1] * (1 - lam)`` in place, pair by pair (the same float32
+    products and sums, bit for bit), with half a batch of temporaries instead of two whole batches."""
+    lam, other = np.float32(lam_value), np.float32(1.0 - lam_value)
+    n, half = len(images), len(images) // 2
+    front, back = images[:half], images[n - half :][::-1]  # views: back[i] is images[n - 1 - i]
+    saved = front.copy()
+    front *= lam
+    front += back * other
+    back *= lam
+    back += saved * other
+    if n % 2:
+        mid = images[half]
+        mid[...] = mid * lam + mid * other
+    return images
+
+
 class Mixup:
     """timm ``Mixup(mode='batch')``: with ``prob`` the whole batch is mixed with its reverse, by mixup
     (λ ~ Beta(mix_up)) or cutmix (λ ~ Beta(cutmix), corrected to the clipped box area), choosing
@@ -414,7 +431,7 @@ class Mixup:
                 images[:, :, top:bottom, left:right] = images[::-1, :, top:bottom, left:right].copy()
                 lam = 1.0 - (bottom - top) * (right - left) / float(images.shape[-2] * images.shape[-1])
             else:
-                images[:] = images * np.float32(lam) + images[::-1] * np.float32(1.0 - lam)
+                _mix_with_reverse(images, lam)
         y1 = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
         targets = y1 * np.float32(lam) + y1[::-1] * np.float32(1.0 - lam)
         return images, targets.astype(np.float32), lam

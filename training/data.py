@@ -248,6 +248,14 @@ def _normalize_ops():
     return [vision.Normalize(mean=mean, std=std), vision.HWC2CHW()]
 
 
+def check_workers(workers: int) -> None:
+    """MindSpore refuses more pipeline workers than the machine has cores; say so naming the key."""
+    cores = os.cpu_count() or 1
+    if workers > cores:
+        raise DataError(f"num_parallel_workers: {workers} is more than the {cores} cores of this machine "
+                        f"(mindspore.dataset's limit); set it to {cores} or fewer")
+
+
 def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
     """Batches per rank and epoch: the shard (padded to equal size) over the batch, remainder dropped."""
     shard = -(-num_samples // world_size)
@@ -257,8 +265,23 @@ def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
 def train_dataset(cfg: TrainConfig, split: Split, epoch: int, bad_log: BadImageLog, *, rank: int = 0,
                   world_size: int = 1, skip_batches: int = 0):
     """The train pipeline for one epoch (yields ``image`` float32 NCHW and ``label`` float32 soft
-    targets), optionally skipping the first ``skip_batches`` batches (mid-epoch resume)."""
+    targets), optionally skipping the first ``skip_batches`` batches (mid-epoch resume). The per-batch
+    stage runs on ``num_parallel_workers`` workers like the per-image one: each batch draws from its
+    own generator, so the result does not depend on which worker made it."""
+    data = per_image_dataset(cfg, split, epoch, bad_log, rank=rank, world_size=world_size,
+                             skip_batches=skip_batches)
+    return data.batch(cfg.batch_size, drop_remainder=True, per_batch_map=_BatchMix(cfg, epoch),
+                      input_columns=["image", "label", "index"], output_columns=["image", "label"],
+                      num_parallel_workers=cfg.num_parallel_workers,
+                      python_multiprocessing=cfg.python_multiprocessing)
+
+
+def per_image_dataset(cfg: TrainConfig, split: Split, epoch: int, bad_log: BadImageLog, *, rank: int = 0,
+                      world_size: int = 1, skip_batches: int = 0):
+    """The train pipeline up to the batch: ``image`` (normalised float32 CHW), ``label``, ``index``."""
     import mindspore.dataset as ds
+
+    check_workers(cfg.num_parallel_workers)
 
     ds.config.set_seed(cfg.seed + epoch)  # the shuffle order of this epoch, equal on every rank
     workers = cfg.num_parallel_workers
@@ -274,10 +297,7 @@ def train_dataset(cfg: TrainConfig, split: Split, epoch: int, bad_log: BadImageL
                     num_parallel_workers=workers, python_multiprocessing=cfg.python_multiprocessing)
     data = data.filter(lambda ok: bool(ok), input_columns=["ok"], num_parallel_workers=1)
     data = data.map(_normalize_ops(), input_columns=["image"], num_parallel_workers=workers)
-    data = data.project(["image", "label", "index"])
-    return data.batch(cfg.batch_size, drop_remainder=True, per_batch_map=_BatchMix(cfg, epoch),
-                      input_columns=["image", "label", "index"], output_columns=["image", "label"],
-                      num_parallel_workers=1)
+    return data.project(["image", "label", "index"])
 
 
 def eval_transform(cfg: TrainConfig) -> EvalTransform:
@@ -290,6 +310,7 @@ def eval_dataset(cfg: TrainConfig, split: Split, bad_log: BadImageLog, *, rank: 
     batch kept (no padding, no drop), yielding ``image`` float32 NCHW and ``label`` int32."""
     import mindspore.dataset as ds
 
+    check_workers(cfg.num_parallel_workers)
     indices = list(range(rank, len(split), world_size))
     data = ds.GeneratorDataset(_IndexSource(split.labels), column_names=["index", "label"],
                                sampler=indices, num_parallel_workers=1)

@@ -148,3 +148,36 @@ def test_batches_do_not_depend_on_worker_count_or_kind(folder, tmp_path):
     assert len(one_thread) == len(two_procs) == 4
     for (xa, ya), (xb, yb) in zip(one_thread, two_procs, strict=True):
         assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+
+
+def test_data_photos_and_bench_commands(tmp_path):
+    import json
+
+    from tests.support.train_testutil import ddrnet, tiny_config
+
+    made = ddrnet("data", "photos", str(tmp_path / "photos"), "--per-class", "12", "--val-per-class", "1")
+    assert made.returncode == 0, made.stderr
+    from PIL import Image
+
+    first = sorted((tmp_path / "photos" / "train").iterdir())[0]
+    with Image.open(next(first.iterdir())) as img:
+        assert img.size in ((500, 375), (375, 500)) and img.format == "JPEG"
+    classes = len(list((tmp_path / "photos" / "train").iterdir()))
+    cfg = tiny_config(tmp_path, tmp_path / "photos", num_classes=classes, batch_size=8, image_size=224,
+                      auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25)
+    out = ddrnet("data", "bench", "--config", str(cfg), "--set", "num_parallel_workers=2", "--batches", "4",
+                 "--warmup", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout)
+    assert figures["workers"] == 2 and figures["batches"] == 4 and figures["images_per_s"] > 0
+    assert figures["batch_stage_per_worker"] > 0
+    text = ddrnet("data", "bench", "--config", str(cfg), "--batches", "4", "--warmup", "1")
+    assert text.returncode == 0 and text.stdout.strip().splitlines()[-1].startswith("pipeline: ")
+    assert "img/s per core, 1 workers" in text.stdout.splitlines()[-1]
+    over = f"num_parallel_workers={os.cpu_count() + 1}"
+    cores = ddrnet("data", "bench", "--config", str(cfg), "--set", over)
+    assert cores.returncode == 2 and "num_parallel_workers:" in cores.stderr and "cores" in cores.stderr
+    too_many = ddrnet("data", "bench", "--config", str(cfg), "--batches", "500")
+    assert too_many.returncode == 2 and "the bench needs 503" in too_many.stderr
+    again = ddrnet("data", "photos", str(tmp_path / "photos"))
+    assert again.returncode == 2 and "is not empty" in again.stderr
