@@ -21,6 +21,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import HeNormal
 
+from model import counter_rng
 from model.onednn import configure_onednn
 
 # Before any convolution runs: without it MindSpore 2.10 CPU convs take a ~50x slower oneDNN kernel.
@@ -125,34 +126,18 @@ def is_drop_path_clock(name: str) -> bool:
     """Whether a parameter name is a DropPath step counter (``layer3.1.drop_path.clock``)."""
     return name.rsplit(".", 1)[-1] == DROP_PATH_CLOCK
 
-# Counter-based random numbers: a 32-bit integer mixer (lowbias32, written with int32 arithmetic and
-# logical shifts so numpy and every MindSpore backend compute the same bits), turned into uniforms.
-_GOLDEN = -1640531535  # 0x9E3779B1 as int32
-_MIX1, _MIX2 = 0x7FEB352D, -2073254261  # 0x7FEB352D, 0x846CA68B as int32
+_GOLDEN, _MIX1, _MIX2 = counter_rng.GOLDEN, counter_rng.MIX1, counter_rng.MIX2
 
 
 def _mix32(x: Tensor) -> Tensor:
+    """``model.counter_rng.mix32`` as MindSpore ops (the same bits on every backend)."""
     x = ops.bitwise_xor(x, ops.bitwise_and(ops.bitwise_right_shift(x, 16), 0xFFFF)) * _MIX1
     x = ops.bitwise_xor(x, ops.bitwise_and(ops.bitwise_right_shift(x, 15), 0x1FFFF)) * _MIX2
     return ops.bitwise_xor(x, ops.bitwise_and(ops.bitwise_right_shift(x, 16), 0xFFFF))
 
 
-def mix32_reference(x: np.ndarray) -> np.ndarray:
-    """:func:`_mix32` in numpy (int32, wrapping), for tests and host-side use."""
-    x = np.asarray(x, dtype=np.int32)
-    with np.errstate(over="ignore"):
-        x = ((x ^ ((x >> 16) & 0xFFFF)) * np.int32(_MIX1)).astype(np.int32)
-        x = ((x ^ ((x >> 15) & 0x1FFFF)) * np.int32(_MIX2)).astype(np.int32)
-        return x ^ ((x >> 16) & 0xFFFF)
-
-
-def drop_path_keep_reference(seed: int, step: int, batch: int, keep: float) -> np.ndarray:
-    """Which samples a DropPath with ``seed`` keeps at ``step`` (its clock), in numpy."""
-    with np.errstate(over="ignore"):
-        base = mix32_reference(np.int32(step) * np.int32(_GOLDEN) + np.int32(seed))
-        h = mix32_reference(np.arange(batch, dtype=np.int32) * np.int32(_GOLDEN) + base)
-    uniform = ((h >> 8) & 0xFFFFFF).astype(np.float32) / np.float32(16777216.0)
-    return uniform < np.float32(keep)
+def _uniform(h: Tensor) -> Tensor:
+    return ops.bitwise_and(ops.bitwise_right_shift(h, 8), 0xFFFFFF).astype(ms.float32) / counter_rng.UNIT
 
 
 class DropPath(nn.Cell):
@@ -160,8 +145,8 @@ class DropPath(nn.Cell):
     survivors by ``1 / (1 - rate)``; identity in eval (so exported graphs hold no random op). Which
     input of a block's sum it is applied to is the block's ``drop_path_mode``.
 
-    The masks are a pure function of (``seed``, the cell's step counter, the sample's index): a
-    counter-based hash, not MindSpore's stateful random ops, whose state cannot be saved. The counter
+    The masks are a pure function of (``seed``, the cell's step counter, the sample's index)
+    (``model.counter_rng``), not MindSpore's stateful random ops, whose state cannot be saved. The counter
     (``clock``, an int32 Parameter named ``...drop_path.clock``, only when ``rate > 0``) advances once
     per training forward and is saved in training checkpoints with the weights, so a resumed run draws
     exactly the masks an uninterrupted one would. Weight loaders treat it as optional."""
@@ -183,8 +168,7 @@ class DropPath(nn.Cell):
         step = self.clock + 0
         ops.assign_add(self.clock, Tensor(1, ms.int32))
         base = _mix32(step * _GOLDEN + self.seed)
-        h = _mix32(ops.arange(x.shape[0], dtype=ms.int32) * _GOLDEN + base)
-        uniform = ops.bitwise_and(ops.bitwise_right_shift(h, 8), 0xFFFFFF).astype(ms.float32) / 16777216.0
+        uniform = _uniform(_mix32(ops.arange(x.shape[0], dtype=ms.int32) * _GOLDEN + base))
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         mask = (uniform < self.keep).astype(x.dtype).reshape(shape)
         return x * mask / self.keep

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from model import counter_rng
+
 _LEVEL_DENOM = 10.0  # timm: magnitudes are on a 0..10 scale
 _TRANSLATE_PCT = 0.45  # timm's default translate_pct for the *Rel translations
 _PIL_INTERP = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
@@ -322,7 +324,12 @@ class TrainImageAugment:
 class RandomErasing:
     """timm RandomErasing on a normalised CHW float32 image (in place): with ``prob``, 1..``max_count``
     boxes of area 2 %–33 % (split between boxes), log-uniform aspect 0.3–3.3; fill ``const`` (0),
-    ``rand`` (one normal colour per box) or ``pixel`` (normal per pixel)."""
+    ``rand`` (one normal colour per box) or ``pixel`` (normal per pixel).
+
+    Split in two so the same erasing can run on the host or on the device (``training.batch_ops``):
+    :meth:`plan` draws the boxes (and ``rand`` colours) from ``rng``; :meth:`apply` paints them. The
+    ``pixel`` noise is not drawn from ``rng`` but is the counter-based normal (``model.counter_rng``)
+    of :func:`erasing_noise` at each pixel's position, which the device computes the same way."""
 
     def __init__(self, prob: float, mode: str = "pixel", max_count: int = 1,
                  min_area: float = 0.02, max_area: float = 1 / 3, min_aspect: float = 0.3) -> None:
@@ -334,12 +341,14 @@ class RandomErasing:
         self.min_area, self.max_area = min_area, max_area
         self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
 
-    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def plan(self, img_h: int, img_w: int, rng: np.random.Generator
+             ) -> list[tuple[int, int, int, int, np.ndarray | None]]:
+        """The boxes to erase, ``(top, left, height, width, rand colour or None)`` each."""
         if self.prob <= 0 or rng.random() > self.prob:
-            return img
-        chan, img_h, img_w = img.shape
+            return []
         area = img_h * img_w
         count = 1 if self.max_count == 1 else int(rng.integers(1, self.max_count + 1))
+        boxes = []
         for _ in range(count):
             for _attempt in range(10):
                 target_area = rng.uniform(self.min_area, self.max_area) * area / count
@@ -349,15 +358,37 @@ class RandomErasing:
                 if w < img_w and h < img_h:
                     top = int(rng.integers(0, img_h - h + 1))
                     left = int(rng.integers(0, img_w - w + 1))
-                    if self.mode == "pixel":
-                        fill = rng.standard_normal((chan, h, w), dtype=np.float32)
-                    elif self.mode == "rand":
-                        fill = rng.standard_normal((chan, 1, 1), dtype=np.float32)
-                    else:
-                        fill = np.float32(0)
-                    img[:, top : top + h, left : left + w] = fill
+                    colour = rng.standard_normal(3, dtype=np.float32) if self.mode == "rand" else None
+                    boxes.append((top, left, h, w, colour))
                     break
+        return boxes
+
+    def apply(self, img: np.ndarray, boxes, noise_key: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+        """Paint ``boxes`` (from :meth:`plan`) into ``img`` in place; ``noise_key`` = (seed, epoch,
+        sample key) selects the ``pixel`` noise."""
+        for r, (top, left, h, w, colour) in enumerate(boxes):
+            region = img[:, top : top + h, left : left + w]
+            if self.mode == "pixel":
+                region[...] = erasing_noise(*noise_key, r, img.shape, (top, left, h, w))
+            elif self.mode == "rand":
+                region[...] = colour.reshape(-1, 1, 1)
+            else:
+                region[...] = np.float32(0)
         return img
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator,
+                 noise_key: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+        return self.apply(img, self.plan(img.shape[1], img.shape[2], rng), noise_key)
+
+
+def erasing_noise(seed: int, epoch: int, key: int, box: int, shape: tuple[int, int, int],
+                  region: tuple[int, int, int, int]) -> np.ndarray:
+    """The pixel-mode fill of ``region`` (top, left, height, width) of a CHW image of ``shape``: a
+    standard normal per pixel position, a pure function of (seed, epoch, sample key, box)."""
+    chan, height, width = shape
+    top, left, h, w = region
+    c, y, x = np.meshgrid(np.arange(chan), np.arange(top, top + h), np.arange(left, left + w), indexing="ij")
+    return counter_rng.normals((c * height + y) * width + x, counter_rng.chain(seed, epoch, key, box))
 
 
 # ---------------------------------------------------------------------------- mixup / cutmix
@@ -381,10 +412,12 @@ def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) ->
     return int(top), int(bottom), int(left), int(right)
 
 
-def _mix_with_reverse(images: np.ndarray, lam_value: float) -> np.ndarray:
-    """``images = images * lam + images[::-1] * (1 - lam)`` in place, pair by pair (the same float32
+def _mix_with_reverse(images: np.ndarray, lam_value: float, other_value: float | None = None) -> np.ndarray:
+    """``images = images * lam + images[::-1] * (1 - lam)`` in place (``other_value``, when given, is the
+    float32 ``1 - lam`` already rounded), pair by pair (the same float32
     products and sums, bit for bit), with half a batch of temporaries instead of two whole batches."""
-    lam, other = np.float32(lam_value), np.float32(1.0 - lam_value)
+    lam = np.float32(lam_value)
+    other = np.float32(1.0 - lam_value if other_value is None else other_value)
     n, half = len(images), len(images) // 2
     front, back = images[:half], images[n - half :][::-1]  # views: back[i] is images[n - 1 - i]
     saved = front.copy()
@@ -421,17 +454,28 @@ class Mixup:
         alpha = self.cutmix if use_cutmix else self.mix_up
         return float(rng.beta(alpha, alpha)), use_cutmix
 
+    def plan(self, height: int, width: int, rng: np.random.Generator, enabled: bool = True
+             ) -> tuple[int, float, tuple[int, int, int, int]]:
+        """(mode 0 none / 1 mixup / 2 cutmix, λ (area-corrected for cutmix), cutmix box)."""
+        lam, use_cutmix = self.params(rng) if enabled else (1.0, False)
+        if lam >= 1.0:
+            return 0, 1.0, (0, 0, 0, 0)
+        if use_cutmix:
+            top, bottom, left, right = cutmix_box(height, width, lam, rng)
+            corrected = 1.0 - (bottom - top) * (right - left) / float(height * width)
+            return 2, corrected, (top, bottom, left, right)
+        return 1, lam, (0, 0, 0, 0)
+
+    def targets(self, labels: np.ndarray, lam: float) -> np.ndarray:
+        y1 = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
+        return (y1 * np.float32(lam) + y1[::-1] * np.float32(1.0 - lam)).astype(np.float32)
+
     def __call__(self, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
                  enabled: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
         """Mix ``images`` (N, C, H, W float32, in place) → (images, soft targets (N, classes), λ)."""
-        lam, use_cutmix = self.params(rng) if enabled else (1.0, False)
-        if lam < 1.0:
-            if use_cutmix:
-                top, bottom, left, right = cutmix_box(images.shape[-2], images.shape[-1], lam, rng)
-                images[:, :, top:bottom, left:right] = images[::-1, :, top:bottom, left:right].copy()
-                lam = 1.0 - (bottom - top) * (right - left) / float(images.shape[-2] * images.shape[-1])
-            else:
-                _mix_with_reverse(images, lam)
-        y1 = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
-        targets = y1 * np.float32(lam) + y1[::-1] * np.float32(1.0 - lam)
-        return images, targets.astype(np.float32), lam
+        mode, lam, (top, bottom, left, right) = self.plan(images.shape[-2], images.shape[-1], rng, enabled)
+        if mode == 2:
+            images[:, :, top:bottom, left:right] = images[::-1, :, top:bottom, left:right].copy()
+        elif mode == 1:
+            _mix_with_reverse(images, lam)
+        return images, self.targets(labels, lam), lam

@@ -114,6 +114,9 @@ class TrainConfig(BaseModel):
     dynamic_scale_factor: int = Field(2, ge=2, description="dynamic loss scale growth/backoff factor")
     dynamic_scale_window: int = Field(1000, ge=1, description="finite steps before the scale grows")
     opt_eps: float = Field(1e-8, gt=0.0, lt=1.0, description="AdamW/RMSProp epsilon")
+    device_batch_ops: Literal["auto", "on", "off"] = Field(
+        "auto", description="ship uint8 batches and normalise, erase and mix on the device (4x fewer bytes "
+        "to the device); auto: on unless device_target is CPU")
     python_multiprocessing: bool = Field(
         False, description="run the Python decode/augment ops in worker processes instead of threads")
     jit: bool = Field(True, description="compile the train step with mindspore.jit (graph mode)")
@@ -188,6 +191,12 @@ class TrainConfig(BaseModel):
     def mixing(self) -> bool:
         """Whether mixup or cutmix is on at all."""
         return self.mix_up > 0.0 or self.cutmix > 0.0
+
+    @property
+    def batch_ops_on_device(self) -> bool:
+        """Whether train batches travel as uint8 and are normalised, erased and mixed on the device."""
+        auto = self.device_batch_ops == "auto" and self.device_target != "CPU"
+        return self.device_batch_ops == "on" or auto
 
     @property
     def eval_batch(self) -> int:

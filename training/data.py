@@ -7,11 +7,14 @@ exists, else the ImageNet-1k names when the folders are the 1,000 synsets, else 
 Pipeline: ``GeneratorDataset`` over (sample index, label), shuffled and sharded per rank
 (``num_shards``/``shard_id``) → a decode+augment map (``num_parallel_workers``; an undecodable train
 image is replaced by the next decodable one, so every rank keeps its batch count; an undecodable val
-image is dropped by a filter) → ``vision.Normalize`` + ``vision.HWC2CHW`` → batch with a per-batch map doing
-random erasing, mixup/cutmix and the soft targets. ``ImageFolderDataset`` is not used because it
-hides file paths, and a corrupt image must be reported by its path: the decode op records it in a
-:class:`BadImageLog` (a file, so it works from worker threads and processes alike) and the trainer
-reads it between steps (``corrupt_images: fail`` stops with the path; ``skip`` counts and lists).
+image is dropped by a filter) → ``vision.Normalize`` + ``vision.HWC2CHW`` → batch with a per-batch map
+doing random erasing, mixup/cutmix and the soft targets. With ``device_batch_ops`` on (the default off
+the CPU) the images stay uint8 and the batch carries the per-batch plan instead; the train step
+normalises, erases and mixes on the device (``training.batch_ops``), so a quarter of the bytes travel to
+the device. ``ImageFolderDataset`` is not used because it hides file paths, and a corrupt image must be
+reported by its path: the decode op records it in a :class:`BadImageLog` (a file, so it works from
+worker threads and processes alike) and the trainer reads it between steps (``corrupt_images: fail``
+stops with the path; ``skip`` counts and lists).
 
 The train pipeline is built per epoch, with the shuffle seeded by ``seed + epoch`` and every random
 augmentation drawn from a generator seeded by (seed, epoch, index): an epoch is a pure function of
@@ -37,7 +40,8 @@ from model.preprocess import (
     decode_image,
     to_rgb,
 )
-from training.augment import Mixup, RandomErasing, TrainImageAugment
+from training.augment import TrainImageAugment
+from training.batch_ops import BatchStage
 from training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -219,25 +223,36 @@ class _DecodeEval:
 
 
 class _BatchMix:
-    """Per-batch map: random erasing per image, then mixup/cutmix and soft targets for the batch."""
+    """Per-batch map, float32 batches: random erasing per image, then mixup/cutmix and soft targets
+    (``training.batch_ops``: planned and applied on the host)."""
 
     def __init__(self, cfg: TrainConfig, epoch: int) -> None:
-        self.seed, self.epoch = cfg.seed, epoch
-        self.erasing = RandomErasing(cfg.re_prob, cfg.re_mode, cfg.re_count) if cfg.re_prob > 0 else None
-        self.mixup = Mixup(cfg.mix_up, cfg.cutmix, cfg.mixup_prob, cfg.switch_prob, cfg.label_smoothing,
-                           cfg.num_classes)
-        self.mixing_on = cfg.mixing and not (cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch)
+        self.stage = BatchStage(cfg, epoch)
 
     def __call__(self, images, labels, indices, _batch_info):
         batch = np.stack(images).astype(np.float32, copy=False)
         keys = [int(k) for k in indices]
-        if self.erasing is not None:
-            for j, key in enumerate(keys):
-                self.erasing(batch[j], np.random.default_rng([self.seed, self.epoch, key, 2]))
-        # The batch's own generator is keyed by its first sample: independent of skip() on resume.
-        rng = np.random.default_rng([self.seed, self.epoch, keys[0], 3])
-        batch, targets, _ = self.mixup(batch, np.asarray(labels, dtype=np.int64), rng, self.mixing_on)
-        return batch, targets
+        plan = self.stage.plan(keys, np.asarray(labels), batch.shape[-2], batch.shape[-1])
+        return self.stage.apply(batch, plan, keys), plan.targets
+
+
+class _BatchPlanMap:
+    """Per-batch map, uint8 batches: the same plan, shipped with the untouched uint8 images for the
+    device to normalise, erase and mix (``training.batch_ops.device_batch_stage``)."""
+
+    def __init__(self, cfg: TrainConfig, epoch: int) -> None:
+        self.stage = BatchStage(cfg, epoch)
+
+    def __call__(self, images, labels, indices, _batch_info):
+        batch = np.stack(images)
+        keys = [int(k) for k in indices]
+        plan = self.stage.plan(keys, np.asarray(labels), batch.shape[-2], batch.shape[-1])
+        return (batch, np.asarray(keys, np.int32), plan.boxes, plan.colours, plan.mix, plan.cut,
+                plan.targets)
+
+
+#: The columns of a uint8 train batch, in the order ``DeviceBatchStage`` takes them (then targets).
+DEVICE_BATCH_COLUMNS = ["image", "key", "boxes", "colours", "mix", "cut", "label"]
 
 
 def _normalize_ops():
@@ -265,20 +280,25 @@ def steps_per_epoch(num_samples: int, batch_size: int, world_size: int) -> int:
 def train_dataset(cfg: TrainConfig, split: Split, epoch: int, bad_log: BadImageLog, *, rank: int = 0,
                   world_size: int = 1, skip_batches: int = 0):
     """The train pipeline for one epoch (yields ``image`` float32 NCHW and ``label`` float32 soft
-    targets), optionally skipping the first ``skip_batches`` batches (mid-epoch resume). The per-batch
+    targets; with ``batch_ops_on_device``, the uint8 batch and its plan: ``DEVICE_BATCH_COLUMNS``),
+    optionally skipping the first ``skip_batches`` batches (mid-epoch resume). The per-batch
     stage runs on ``num_parallel_workers`` workers like the per-image one: each batch draws from its
     own generator, so the result does not depend on which worker made it."""
     data = per_image_dataset(cfg, split, epoch, bad_log, rank=rank, world_size=world_size,
                              skip_batches=skip_batches)
-    return data.batch(cfg.batch_size, drop_remainder=True, per_batch_map=_BatchMix(cfg, epoch),
-                      input_columns=["image", "label", "index"], output_columns=["image", "label"],
+    on_device = cfg.batch_ops_on_device
+    return data.batch(cfg.batch_size, drop_remainder=True,
+                      per_batch_map=(_BatchPlanMap if on_device else _BatchMix)(cfg, epoch),
+                      input_columns=["image", "label", "index"],
+                      output_columns=DEVICE_BATCH_COLUMNS if on_device else ["image", "label"],
                       num_parallel_workers=cfg.num_parallel_workers,
                       python_multiprocessing=cfg.python_multiprocessing)
 
 
 def per_image_dataset(cfg: TrainConfig, split: Split, epoch: int, bad_log: BadImageLog, *, rank: int = 0,
                       world_size: int = 1, skip_batches: int = 0):
-    """The train pipeline up to the batch: ``image`` (normalised float32 CHW), ``label``, ``index``."""
+    """The train pipeline up to the batch: ``image`` (normalised float32 CHW, or uint8 CHW when the
+    device normalises), ``label``, ``index``."""
     import mindspore.dataset as ds
 
     check_workers(cfg.num_parallel_workers)
@@ -296,7 +316,8 @@ def per_image_dataset(cfg: TrainConfig, split: Split, epoch: int, bad_log: BadIm
                     input_columns=["index", "label"], output_columns=["image", "label", "ok", "index"],
                     num_parallel_workers=workers, python_multiprocessing=cfg.python_multiprocessing)
     data = data.filter(lambda ok: bool(ok), input_columns=["ok"], num_parallel_workers=1)
-    data = data.map(_normalize_ops(), input_columns=["image"], num_parallel_workers=workers)
+    ops = _normalize_ops() if not cfg.batch_ops_on_device else _normalize_ops()[-1:]  # HWC2CHW only
+    data = data.map(ops, input_columns=["image"], num_parallel_workers=workers)
     return data.project(["image", "label", "index"])
 
 

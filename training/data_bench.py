@@ -6,8 +6,9 @@ Two figures, from the config's own pipeline (``training.data.train_dataset``, ep
 
 - the whole pipeline, in images per second after a few warm-up batches, in total and per core
   (the total over the cores it can use: ``min(num_parallel_workers, cores)``);
-- the per-batch stage alone (random erasing, mixup/cutmix, soft targets: ``training.data._BatchMix``)
-  on one real batch, single-threaded, in images per second per worker. The pipeline runs it on
+- the per-batch stage alone (random erasing, mixup/cutmix, soft targets: ``training.data._BatchMix``;
+  with ``batch_ops_on_device`` only its plan, ``_BatchPlanMap``, as the device applies it) on one
+  real batch, single-threaded, in images per second per worker. The pipeline runs it on
   ``num_parallel_workers`` workers, so a rank is capped by it only below that rate times the workers.
 """
 
@@ -91,11 +92,11 @@ def bench_pipeline(cfg: TrainConfig, batches: int = 20, warmup: int = 3, repeats
 
 def _batch_stage_rate(cfg: TrainConfig, split, bad, repeats: int) -> float:
     """Images/s of ``_BatchMix`` on one thread, fed one batch of the pipeline's own per-image output."""
-    from training.data import _BatchMix, per_image_dataset
+    from training.data import _BatchMix, _BatchPlanMap, per_image_dataset
 
     data = per_image_dataset(cfg, split, 0, bad).batch(cfg.batch_size, drop_remainder=True)
     images, labels, indices = next(data.create_tuple_iterator(num_epochs=1, output_numpy=True))
-    stage = _BatchMix(cfg, 0)
+    stage = (_BatchPlanMap if cfg.batch_ops_on_device else _BatchMix)(cfg, 0)
     rows, labels, indices = list(images), list(labels), list(indices)
     stage(rows, labels, indices, None)  # warm
     start = time.perf_counter()

@@ -94,8 +94,10 @@ class _StaticScaleState:
         self.counter = ms.Parameter(ms.Tensor(0, ms.int32), name="loss_scale.counter", requires_grad=False)
 
 
-def make_train_step(cfg: TrainConfig, net_amp, optimizer, scaler, reducer):
-    """The per-step function ``(images, targets) -> (loss, grads_finite)``."""
+def make_train_step(cfg: TrainConfig, net_amp, optimizer, scaler, reducer, batch_stage=None):
+    """The per-step function ``(images, targets) -> (loss, grads_finite)``; with ``batch_stage``
+    (``training.batch_ops.device_batch_stage``) it takes the uint8 batch and its plan instead, and
+    normalises, erases and mixes on the device first."""
     import mindspore as ms
     from mindspore import amp, ops
 
@@ -125,7 +127,13 @@ def make_train_step(cfg: TrainConfig, net_amp, optimizer, scaler, reducer):
             optimizer(grads)
         return loss, finite
 
-    return ms.jit(train_step) if cfg.jit else train_step
+    if batch_stage is None:
+        return ms.jit(train_step) if cfg.jit else train_step
+
+    def device_step(images, keys, epoch, boxes, colours, mix, cut, targets):
+        return train_step(batch_stage(images, keys, epoch, boxes, colours, mix, cut), targets)
+
+    return ms.jit(device_step) if cfg.jit else device_step
 
 
 class Trainer:
@@ -228,7 +236,12 @@ class Trainer:
         self.scaler = build_loss_scaler(cfg)
         self.scale_state = self.scaler if cfg.is_dynamic_loss_scale else _StaticScaleState(self.scaler)
         reducer = grad_reducer(self.optimizer.parameters, self.dist)
-        self.train_step = make_train_step(cfg, self.net_amp, self.optimizer, self.scaler, reducer)
+        stage = None
+        if cfg.batch_ops_on_device:
+            from training.batch_ops import device_batch_stage
+
+            stage = device_batch_stage(cfg)
+        self.train_step = make_train_step(cfg, self.net_amp, self.optimizer, self.scaler, reducer, stage)
 
     def _resume(self) -> None:
         cfg = self.cfg
@@ -312,7 +325,6 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:
         """Train to ``epochs``; returns the final state and last val metrics."""
-        import mindspore as ms
 
         from training.optim import lr_position
 
@@ -364,11 +376,11 @@ class Trainer:
             lr = self._lr_now(lr_position)
             bad_seen = self.bad_log.size()
             try:
-                for images, targets in iterator:
+                for row in iterator:
                     if self.state.step_in_epoch >= self.steps_per_epoch:
                         break
                     lr = self._lr_now(lr_position)
-                    loss, finite = self.train_step(ms.Tensor(images), ms.Tensor(targets))
+                    loss, finite = self.train_step(*self._step_inputs(row, epoch))
                     self.state.step += 1
                     self.state.step_in_epoch += 1
                     loss_value = float(loss.asnumpy())
@@ -419,6 +431,16 @@ class Trainer:
         self.jlog.close()
         return {"epoch": self.state.epoch, "step": self.state.step, "best_top1": self.state.best_top1,
                 "best_epoch": self.state.best_epoch, "last_val": metrics or last_metrics}
+
+    def _step_inputs(self, row, epoch: int) -> list:
+        """One pipeline row as the train step's arguments (the epoch goes to the device batch stage)."""
+        import mindspore as ms
+        import numpy as np
+
+        tensors = [ms.Tensor(value) for value in row]
+        if self.cfg.batch_ops_on_device:
+            tensors.insert(2, ms.Tensor(np.int32(epoch)))
+        return tensors
 
     def _lr_now(self, lr_position) -> float:
         """The LR the next update uses, read from the optimizer (its schedule at its position)."""

@@ -64,7 +64,7 @@ def test_dynamic_batch_mindir_export(tmp_path):
 
 
 def test_drop_path_cell_drops_whole_samples_in_training_only():
-    from model.layers import drop_path_keep_reference
+    from model.counter_rng import keep_mask
 
     drop = DropPath(0.5, seed=11)
     x = Tensor(np.ones((64, 2, 3, 3), np.float32))
@@ -80,7 +80,7 @@ def test_drop_path_cell_drops_whole_samples_in_training_only():
         assert (per_sample == per_sample[:, :1]).all()  # a whole sample is dropped or kept
         assert 10 < (per_sample[:, 0] == 0).sum() < 54
         # the masks are the counter-based hash of (seed, step, sample): known without running the cell
-        np.testing.assert_array_equal(per_sample[:, 0] > 0, drop_path_keep_reference(11, step, 64, 0.5))
+        np.testing.assert_array_equal(per_sample[:, 0] > 0, keep_mask(11, step, 64, 0.5))
     assert not np.array_equal(first, second)
     # a cell whose clock is set to a step draws that step's mask again (what resume relies on)
     drop.clock.set_data(Tensor(1, ms.int32))

@@ -29,7 +29,7 @@ def folder(tmp_path_factory):
 def _cfg(folder, **kw):
     data = {"data_url": str(folder), "num_classes": 3, "epochs": 2, "warmup_length": 0, "image_size": 64,
             "batch_size": 4, "num_parallel_workers": 2, "mix_up": 0.8, "cutmix": 1.0, "label_smoothing": 0.1,
-            "re_prob": 0.5, "seed": 5}
+            "re_prob": 0.5, "seed": 5, "device_target": "CPU"}
     data.update(kw)
     return validate_config(data)
 

@@ -117,6 +117,23 @@ def test_a_run_is_extended_and_a_changed_lr_takes_effect_on_resume(folder, tmp_p
         assert x["lr"] == pytest.approx(lr_value(new, x["step"] - 1, 3), rel=1e-6)
 
 
+def test_training_with_the_batch_stage_on_the_device_follows_the_host_path(folder, tmp_path):
+    """device_batch_ops=on (uint8 batches; normalise, erase and mix in the train step) trains the same
+    run as the host path on CPU: the same losses, step by step. With ``rand`` erasing both paths compute
+    bit-identical batches; ``pixel`` noise differs by float32 log/cos rounding (up to 2e-5, see
+    tests/training/test_batch_ops.py), which a few training steps amplify."""
+    common = {"epochs": 1, "re_prob": 0.5, "re_mode": "rand", "mix_up": 0.8, "cutmix": 1.0,
+              "drop_path_rate": 0.1}
+    runs = {}
+    for mode in ("off", "on"):
+        cfg = tiny_config(tmp_path, folder, f"{mode}.yaml", output_dir=str(tmp_path / mode),
+                          device_batch_ops=mode, **common)
+        _ok(ddrnet("train", "--config", str(cfg)))
+        runs[mode] = [x["loss"] for x in _steps(tmp_path / mode)]
+    assert len(runs["on"]) == len(runs["off"]) == 3
+    assert runs["on"] == pytest.approx(runs["off"], rel=1e-5)
+
+
 def test_corrupt_images_fail_by_path_or_skip_and_loss_falls(folder, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(folder, data)
