@@ -65,3 +65,24 @@ def ddrnet_popen(*args: str, cwd: Path | None = None, log: Path | None = None) -
     out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen([sys.executable, "-m", "cli.main", *args], stdout=out, stderr=subprocess.STDOUT,
                             env=cli_env(), cwd=cwd or REPO)
+
+
+def pipeline_config(folder: Path, **overrides):
+    """A validated TrainConfig over ``folder`` for pipeline tests: 3 classes at 64 px on CPU, batch 4,
+    every augmentation on (mixup/cutmix, erasing 0.5), seed 5."""
+    from training.config import validate_config
+
+    data = {"data_url": str(folder), "num_classes": 3, "epochs": 2, "warmup_length": 0, "image_size": 64,
+            "batch_size": 4, "num_parallel_workers": 2, "mix_up": 0.8, "cutmix": 1.0, "label_smoothing": 0.1,
+            "re_prob": 0.5, "seed": 5, "device_target": "CPU"}
+    data.update(overrides)
+    return validate_config(data)
+
+
+def dataset_rows(dataset) -> list[tuple]:
+    """Every row of a mindspore.dataset pipeline as numpy arrays (one epoch; the iterator is stopped)."""
+    it = dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)
+    try:
+        return [tuple(np.array(c) for c in row) for row in it]
+    finally:
+        it.stop()

@@ -8,8 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.support.train_testutil import make_image_folder
-from training.config import validate_config
+from tests.support.train_testutil import dataset_rows, make_image_folder, pipeline_config
 from training.data import BadImageLog, scan_split, train_dataset
 
 
@@ -19,19 +18,11 @@ def folder(tmp_path_factory):
 
 
 def _cfg(folder, **kw):
-    data = {"data_url": str(folder), "num_classes": 3, "epochs": 2, "warmup_length": 0, "image_size": 64,
-            "batch_size": 6, "num_parallel_workers": 1, "mix_up": 0.8, "cutmix": 1.0, "label_smoothing": 0.1,
-            "re_prob": 1.0, "re_count": 2, "seed": 5, "device_target": "CPU"}
-    data.update(kw)
-    return validate_config(data)
+    return pipeline_config(folder, **{"batch_size": 6, "num_parallel_workers": 1, "re_prob": 1.0,
+                                      "re_count": 2, **kw})
 
 
-def _rows(dataset):
-    it = dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)
-    try:
-        return [tuple(np.array(c) for c in row) for row in it]
-    finally:
-        it.stop()
+_rows = dataset_rows
 
 
 @pytest.mark.parametrize("re_mode", ["pixel", "rand", "const"])
