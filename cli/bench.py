@@ -12,6 +12,9 @@ preprocess, inference, mean batch size, instance busy) read from ``/metrics`` (t
 ``--metrics-url``). ``--raw`` then measures the same model version with the server's runtime at
 ``--raw-batch-sizes``, and the preprocessing cost per image of the same payload:
 ``L = 1 / (model ms/img at the best batch + preprocess ms/img)``, and every level's served ÷ L.
+L is per precision: ``--raw-precisions`` (default: every precision the version was verified for)
+are each measured with the runtime ``auto`` picks for them, the served one (``--precision``) with
+the server's runtime; ÷ L compares with the served precision's L.
 The raw model time is measured for the server's placement (``--instances`` × ``--threads``;
 default: what ``ddrnet serve`` derives on this machine) and for every ``--raw-placements`` entry
 (default: 1 × CORES and CORES × 1; 1 × 1 under ``--runtime-python``, whose Lite 2.0 runs one
@@ -85,8 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="more instances x threads placements to measure; L uses the fastest "
                           "(default: 1xCORES and CORESx1 besides the server's placement; 1x1 with "
                           "--runtime-python)")
-    raw.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
-                     help="the server's --precision, for --raw (default: fp32)")
+    raw.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), default="fp32",
+                     help="the server's --precision: ÷L compares with this precision's L (default: fp32)")
+    raw.add_argument("--raw-precisions", default="all", metavar="P[,P...]",
+                     help="precisions --raw measures, each with the runtime auto picks for it (the served "
+                          "one with the server's runtime); default all: every precision the version was "
+                          "verified for")
     raw.add_argument("--raw-batch-sizes", default="1,2,4,8", metavar="B[,B...]", help="default: 1,2,4,8")
     raw.add_argument("--raw-s", type=float, default=2.0, metavar="S",
                      help="seconds per raw batch size and for preprocessing (default: 2)")
@@ -244,27 +251,52 @@ def raw_placements(args: argparse.Namespace) -> list[tuple[int, int]]:
     return placements
 
 
+def _raw_precisions(args: argparse.Namespace, info: dict[str, Any]) -> list[str]:
+    """The served precision first, then the others asked for (all: those the version was verified for)."""
+    from inference.precision import PRECISIONS
+    from ops import bench_raw
+
+    if args.raw_precisions.strip().lower() == "all":
+        try:
+            wanted = bench_raw.version_precisions(args.model_repository, info["model"],
+                                                  info.get("version") or None)
+        except ValueError as exc:
+            raise CliError(f"--raw: {exc}") from None
+    else:
+        wanted = [p.strip().lower() for p in args.raw_precisions.split(",") if p.strip()]
+        unknown = [p for p in wanted if p not in PRECISIONS]
+        if unknown or not wanted:
+            raise CliError(f"--raw-precisions: unknown {unknown or args.raw_precisions!r}: choose from "
+                           f"{','.join(PRECISIONS)} or all")
+    return list(dict.fromkeys([args.precision, *wanted]))
+
+
 def _raw(args: argparse.Namespace, info: dict[str, Any], payload: list[bytes],
          placements: list[tuple[int, int]]) -> list[Any]:
     from inference.errors import ServingError
     from ops import bench_raw
 
-    runtime = args.runtime or info.get("platform") or "auto"
+    served_runtime = args.runtime or info.get("platform") or "auto"
     sizes = _int_list(args.raw_batch_sizes, "--raw-batch-sizes")
     shown = ", ".join(f"{n} x {t}" for n, t in placements)
-    print(f"ddrnet bench: raw {runtime} {args.precision}, instances x threads {shown}, at batch sizes "
-          f"{sizes}, {args.raw_s:g} s each, and preprocessing", file=sys.stderr, flush=True)
-    try:
-        return bench_raw.measure_placements(
-            args.model_repository, info["model"], payload, placements, version=info.get("version") or None,
-            runtime=runtime, batch_sizes=sizes, seconds=args.raw_s, runtime_python=args.runtime_python,
-            precision=args.precision,
-        )
-    except (ValueError, OSError) as exc:
-        raise CliError(f"--raw: {exc}") from None
-    # RuntimeUnavailableError, ModelFileError; a worker that failed to start (ServingError) names its cause
-    except (RuntimeError, ServingError) as exc:
-        raise CliError(f"--raw: runtime {runtime}: {exc}") from None
+    out = []
+    for precision in _raw_precisions(args, info):
+        runtime = served_runtime if precision == args.precision else "auto"
+        print(f"ddrnet bench: raw {runtime} {precision}, instances x threads {shown}, at batch sizes "
+              f"{sizes}, {args.raw_s:g} s each, and preprocessing", file=sys.stderr, flush=True)
+        try:
+            out += bench_raw.measure_placements(
+                args.model_repository, info["model"], payload, placements,
+                version=info.get("version") or None, runtime=runtime, batch_sizes=sizes, seconds=args.raw_s,
+                runtime_python=args.runtime_python if precision == args.precision else None,
+                precision=precision,
+            )
+        except (ValueError, OSError) as exc:
+            raise CliError(f"--raw: {exc}") from None
+        # RuntimeUnavailableError, ModelFileError; a worker that failed to start (ServingError) names it
+        except (RuntimeError, ServingError) as exc:
+            raise CliError(f"--raw: runtime {runtime}, precision {precision}: {exc}") from None
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -295,8 +327,8 @@ def run(args: argparse.Namespace) -> int:
     placements = raw_placements(args) if args.raw else []  # a bad one fails before the load test
     results, info = asyncio.run(_served(args, protocols, addresses, payload, levels))
     raws = _raw(args, info, payload, placements) if args.raw else []
-    raw = best_raw(raws)
-    print(format_report(results, raws, info))
+    raw = best_raw(raws, args.precision)
+    print(format_report(results, raws, info, args.precision))
 
     report: dict[str, Any] = {
         "server": {k: v for k, v in addresses.items() if v},
@@ -305,7 +337,11 @@ def run(args: argparse.Namespace) -> int:
         "warmup_s": args.warmup_s,
         "measure_s": args.measure_s,
         "levels": [r.to_dict() for r in results],
+        "precision": args.precision,
         "raw": raw.to_dict() if raw is not None else None,
+        "limit_img_s_by_precision": {
+            p: best_raw(raws, p).limit_img_s for p in dict.fromkeys(r.precision for r in raws)
+        },
         "raw_placements": [r.to_dict() for r in raws],
     }
     if raw is not None:

@@ -5,7 +5,7 @@
       [--version N] [--formats mindir,onnx,lite] [--batch-sizes 1,4,8] [--num-classes N] \\
       [--labels FILE] [--variant zoo|authors] [--image-size 224 --crop-pct 0.875 ...]
   ddrnet export --config TRAIN.yaml --checkpoint CKPT --repository models --name demo
-  ddrnet export ... --formats mindir,onnx,onnx_int8 [--calibration-dir data/train] [--calibration-images 64]
+  ddrnet export ... --precisions int8,bf16,fp16 [--calibration-dir data/train] [--min-agreement 0.98]
 
 With --run-dir, everything the run recorded in its run.json (architecture, class count, labels, weight
 variant, eval preprocessing, training folder) is used and the checkpoint is the run's best unless
@@ -13,9 +13,12 @@ variant, eval preprocessing, training folder) is used and the checkpoint is the 
 Options given on the command line override either. Every exported file is loaded by its runtime and
 checked against the checkpoint network on real photos before the version is published (atomically); a
 mismatch publishes nothing. --formats omitted: mindir and onnx, plus lite when MindSpore Lite is found
-(importable here or in .venv-lite37). ``onnx_int8`` (int8 post-training quantised ONNX,
-``model.int8.onnx``) is opt-in: calibrated on images of --calibration-dir (default with --config: the
-training folder) and verified by top-1 agreement (--int8-min-agreement) with the checkpoint."""
+(importable here or in .venv-lite37). Float32 is always exported; --precisions adds reduced ones, each
+verified by top-1 agreement (--min-agreement) with the checkpoint on the sample photos plus held-out
+images of --calibration-dir (default with --run-dir / --config: the training folder): int8
+(``model.int8.onnx``, calibrated on that folder), bf16 (``model.onnx`` on OpenVINO; needs the openvino
+extra and a CPU with bf16), fp16 (``model.fp16.onnx``, for GPUs). The server serves a reduced precision
+only for a version verified for it."""
 
 from __future__ import annotations
 
@@ -48,6 +51,17 @@ def _formats(text: str) -> tuple[str, ...]:
     return values
 
 
+def _precisions(text: str) -> tuple[str, ...]:
+    from inference.precision import PRECISIONS
+
+    values = tuple(v.strip().lower() for v in text.split(",") if v.strip())
+    unknown = [v for v in values if v not in PRECISIONS]
+    if unknown or not values:
+        raise argparse.ArgumentTypeError(
+            f"unknown precision(s) {', '.join(unknown) or text!r}: choose from {','.join(PRECISIONS)}")
+    return values
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--run-dir", type=Path, metavar="RUN",
@@ -63,8 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--formats",
         type=_formats,
-        help="comma-separated mindir,onnx,lite,onnx_int8 (default mindir,onnx + lite if found; "
-        "onnx_int8 only when listed)",
+        help="comma-separated mindir,onnx,lite (default: all three, lite if found; the reduced-precision "
+        "files come with --precisions)",
     )
     parser.add_argument(
         "--batch-sizes", type=_int_list, default=(), help="also write fixed-batch MindIR files, e.g. 1,4,8"
@@ -81,17 +95,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tolerance", type=float, default=None, help="max |logit difference| allowed in verification (1e-3)"
     )
-    int8 = parser.add_argument_group("int8 quantisation (--formats ...,onnx_int8)")
-    int8.add_argument(
-        "--calibration-dir", type=Path,
-        help="images to calibrate on (default with --run-dir / --config: the training folder)"
+    reduced = parser.add_argument_group("reduced precisions (float32 is always exported and verified)")
+    reduced.add_argument(
+        "--precisions", type=_precisions, default=(),
+        help="comma-separated int8,bf16,fp16: int8 = calibrated model.int8.onnx (ONNX Runtime, OpenVINO), "
+        "bf16 = model.onnx on OpenVINO (a CPU with AVX512_BF16/AMX), fp16 = model.fp16.onnx (GPUs); each "
+        "verified by top-1 agreement, and the server serves only verified ones",
     )
-    int8.add_argument("--calibration-images", type=int, default=64, help="images used to calibrate (64)")
-    int8.add_argument(
-        "--int8-min-agreement",
+    reduced.add_argument(
+        "--calibration-dir", type=Path,
+        help="training images: int8 calibrates on them, every reduced precision is checked on held-out "
+        "ones (default with --run-dir / --config: the training folder)"
+    )
+    reduced.add_argument("--calibration-images", type=int, default=64, help="images used to calibrate (64)")
+    reduced.add_argument(
+        "--min-agreement", "--int8-min-agreement", dest="min_agreement",
         type=float,
         default=0.98,
-        help="least top-1 agreement with the checkpoint on photos + held-out images, else refused (0.98)",
+        help="least top-1 agreement of a reduced precision with the checkpoint on the sample photos + "
+        "held-out images, else nothing is published (0.98)",
     )
     parser.add_argument(
         "--sample-images", type=Path, nargs="+", default=(), help="photos for verification (default: bundled)"
@@ -123,7 +145,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
             calibration_dir=args.calibration_dir, version=args.version, formats=args.formats,
             batch_sizes=tuple(args.batch_sizes), lite_python=args.lite_python,
             sample_images=tuple(args.sample_images), calibration_images=args.calibration_images,
-            int8_min_agreement=args.int8_min_agreement, **extra,
+            min_agreement=args.min_agreement, precisions=args.precisions, **extra,
         )
     except ExportError as exc:
         raise CliError(str(exc)) from None
@@ -143,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
     files = ", ".join(manifest.file_names())
     print(f"published {manifest.name} version {result.version} at {result.version_dir} ({files})")
     for key, rec in manifest.verification.items():
-        print(f"  verified {key:<10} on {rec['runtime']:<12} {describe(rec)}")
+        precision = rec.get("precision", "fp32")
+        print(f"  verified {key:<18} {precision:<5} on {rec['runtime']:<12} {describe(rec)}")
     total = sum(result.seconds.values())
     print(f"  {total:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
     return 0

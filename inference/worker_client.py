@@ -78,6 +78,9 @@ def _io_shapes(manifest: ModelManifest, max_batch_size: int) -> tuple[tuple[int,
     return (max_batch_size, *manifest.item_shape), (max_batch_size, manifest.num_classes)
 
 
+MINDSPORE_ONEDNN_ISA = "AVX2"
+
+
 class WorkerInstance:
     """One model instance in a worker process. Create, ``await start()``, ``await infer(...)``,
     ``await stop()``.
@@ -256,6 +259,12 @@ class WorkerInstance:
         # another Python whose site-packages must not mix with this one's.
         env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *self.extra_pythonpath])
         env.setdefault("GLOG_v", "3")  # MindSpore / Lite C++ logging: errors only unless asked
+        if "mindspore" in sys.modules and env.get("ONEDNN_MAX_CPU_ISA") == MINDSPORE_ONEDNN_ISA:
+            # MindSpore's CPU kernels set this in their own process when it is unset (measured: once a
+            # network has run, e.g. in the exporter), and every child would inherit it: it caps
+            # OpenVINO's oneDNN at AVX2, where bf16 convolutions cannot be built. The server's own
+            # process never loads MindSpore, so an operator's setting always reaches its workers.
+            env.pop("ONEDNN_MAX_CPU_ISA")
         env["PYTHONUNBUFFERED"] = "1"
         return env
 

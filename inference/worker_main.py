@@ -22,6 +22,7 @@ from typing import Any
 
 from inference import runtimes
 from inference.errors import ErrorKind
+from inference.precision import runtimes_for
 from inference.runtimes.base import ModelFileError, Runtime, RuntimeUnavailableError
 from inference.shm import ShmArray
 from inference.worker_protocol import (
@@ -81,15 +82,18 @@ class Worker:
             options["threads"] = req.threads
         manifest = ModelManifest.from_dict(req.manifest)  # ManifestError (a ValueError) names the field
         start = time.perf_counter()
+        precision = str(options.get("precision") or "fp32")
         names = (
-            runtimes.auto_candidates(req.version_dir, manifest)
+            runtimes.auto_candidates(req.version_dir, manifest, precision, req.device)
             if req.runtime == "auto"
-            else [runtimes.select_runtime(req.runtime, req.version_dir, manifest)]
+            else [runtimes.select_runtime(req.runtime, req.version_dir, manifest, precision, req.device)]
         )
         if not names:
+            served = ", ".join(runtimes_for(precision, req.device)) or "none"
             raise RuntimeUnavailableError(
-                "runtime auto found none of mindspore_lite, onnxruntime (with model.onnx) or mindspore "
-                f"in Python {sys.version.split()[0]}"
+                f"runtime auto found no runtime for precision {precision} on {req.device} in Python "
+                f"{sys.version.split()[0]} (served by {served}; each needs its library, its file and, "
+                "below fp32, the export's verification)"
             )
         failures = []
         for name in names:

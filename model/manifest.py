@@ -27,11 +27,13 @@ FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 MANIFEST_NAME = "model.json"
 WEIGHT_VARIANTS = ("zoo", "authors")
-# Roles of single files in ``files``; ``fixed_batch`` maps a batch size to a file. ``onnx_int8`` is the
-# opt-in int8 quantised ONNX model, served only when the server is asked for precision int8.
-FILE_ROLES = ("mindir", "onnx", "lite", "onnx_int8")
+# Roles of single files in ``files``; ``fixed_batch`` maps a batch size to a file. ``onnx_int8`` (the
+# int8 quantised ONNX model) and ``onnx_fp16`` (float16 weights and arithmetic, float32 inputs and
+# outputs) are opt-in, served only when the server is asked for that precision (``inference.precision``).
+FILE_ROLES = ("mindir", "onnx", "lite", "onnx_int8", "onnx_fp16")
 DEFAULT_FILENAMES = {
     "mindir": "model.mindir", "onnx": "model.onnx", "lite": "model.ms", "onnx_int8": "model.int8.onnx",
+    "onnx_fp16": "model.fp16.onnx",
 }
 CREATED_AT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -161,12 +163,14 @@ class ModelManifest:
     """The content of ``model.json``. ``from_dict`` validates and raises :class:`ManifestError`.
 
     ``files`` maps a role to a file name in the version directory: ``mindir``, ``onnx``, ``lite``,
-    ``onnx_int8`` (only those that exist) and ``fixed_batch`` (``{"1": "model_b1.mindir", ...}``,
-    possibly empty).
+    ``onnx_int8``, ``onnx_fp16`` (only those that exist) and ``fixed_batch``
+    (``{"1": "model_b1.mindir", ...}``, possibly empty).
     ``checksums`` holds the SHA-256 and size of every listed file. ``verification`` maps each exported
     format (``mindir``, ``onnx``, ``lite``, ``mindir_b<N>``) to the comparison against the checkpoint
-    network (``max_abs_diff``, ``top1_agreement``, ``tolerance``, ``samples``); ``onnx_int8``'s record
-    has ``rule: top1_agreement`` and ``min_top1_agreement`` instead of a tolerance.
+    network (``max_abs_diff``, ``top1_agreement``, ``tolerance``, ``samples``, ``runtime``). Records of
+    reduced precisions (``onnx_int8``, ``onnx_int8_openvino``, ``onnx_bf16``, ``onnx_fp16``) carry
+    ``precision`` and ``rule: top1_agreement`` with ``min_top1_agreement`` instead of a tolerance;
+    ``inference.precision`` reads them (which precisions the version may be served at).
     """
 
     name: str

@@ -56,6 +56,7 @@ class RawResult:
     preprocess_ms_per_image: float
     describe: dict[str, Any] = field(default_factory=dict)
     instances: int = 1
+    precision: str = "fp32"
 
     @property
     def placement(self) -> str:
@@ -83,6 +84,7 @@ class RawResult:
             "model": self.model,
             "version": self.version,
             "runtime": self.runtime,
+            "precision": self.precision,
             "threads": self.threads,
             "instances": self.instances,
             "placement": self.placement,
@@ -143,6 +145,15 @@ def _load_version(repository: Path, model: str, version: str | None) -> tuple[Pa
     return vdir, repo.check_version(vdir)
 
 
+def version_precisions(repository: Path, model: str, version: str | None = None) -> list[str]:
+    """The precisions the version was verified for (``model.json``), fp32 first."""
+    from inference.precision import PRECISIONS, precision_summary
+
+    _vdir, manifest = _load_version(repository, model, version)
+    found = precision_summary(manifest.verification)
+    return ["fp32"] + [p for p in PRECISIONS if p != "fp32" and p in found]
+
+
 def measure_placements(
     repository: Path,
     model: str,
@@ -171,9 +182,12 @@ def measure_placements(
     transform = EvalTransform.for_manifest(manifest, max_pixels)
     pre_ms = preprocess_cost(transform, payload, seconds)
     inputs = transform.batch(list(payload))
-    name = runtimes.select_runtime(runtime, str(vdir), manifest) if runtime_python is None else runtime
+    if runtime_python is None:
+        name = runtimes.select_runtime(runtime, str(vdir), manifest, precision, device)
+    else:
+        name = runtime
     options: dict[str, Any] = {}
-    if precision != "fp32":  # the server's --precision int8: ONNX Runtime on model.int8.onnx
+    if precision != "fp32":  # the server's --precision: the runtime runs the precision's file
         options["precision"] = precision
     results = []
     for instances, threads in placements:
@@ -190,7 +204,7 @@ def measure_placements(
             actual = describe.get("runtime", name)
             where = "worker process" if instances == 1 else f"{instances} worker processes at once"
         results.append(RawResult(model, str(manifest.version), actual, threads, where, batch_ms, pre_ms,
-                                 describe, instances))
+                                 describe, instances, precision))
     return results
 
 

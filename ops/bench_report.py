@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 
-def best_raw(raws: list[Any]) -> Any:
-    """The placement with the highest L (the machine's limit)."""
+def best_raw(raws: list[Any], precision: str | None = None) -> Any:
+    """The placement with the highest L (the machine's limit), among those of ``precision`` when given."""
+    raws = [r for r in raws if precision is None or r.precision == precision]
     return max(raws, key=lambda r: r.limit_img_s) if raws else None
 
 
@@ -16,9 +17,11 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def format_report(results: list[Any], raws: list[Any], info: dict[str, Any]) -> str:
-    """The human-readable table of a bench run."""
-    raw = best_raw(raws)
+def format_report(
+    results: list[Any], raws: list[Any], info: dict[str, Any], precision: str = "fp32"
+) -> str:
+    """The human-readable table of a bench run; ÷L is against the served ``precision``'s L."""
+    raw = best_raw(raws, precision)
     lines = [f"model {info.get('model')} v{info.get('version')} ({info.get('platform')}), "
              f"window {results[0].window_s:.1f} s per level" if results else "no levels"]
     head = ("protocol", "load", "img/s", "p50", "p90", "p95", "p99", "errors", "queue", "pre/req",
@@ -43,19 +46,24 @@ def format_report(results: list[Any], raws: list[Any], info: dict[str, Any]) -> 
     lines.append("latency ms (client, successful requests); queue = ms/image in the batch queue; pre/req = "
                  "server decode+transform ms per request; infer/b = model ms per batch; busy = instance "
                  "time share; cpu/req = this bench's CPU ms per request")
+    precisions = list(dict.fromkeys(r.precision for r in raws))
     for r in raws:
         lines.append("")
-        best = " (fastest: L)" if r is raw and len(raws) > 1 else ""
-        lines.append(f"raw: {r.runtime} v{r.version}, {r.instances} instance(s) x {r.threads} threads, "
-                     f"{r.where}{best}")
+        best = " (fastest: L)" if r is best_raw(raws, r.precision) and len(raws) > 1 else ""
+        lines.append(f"raw: {r.runtime} {r.precision} v{r.version}, {r.instances} instance(s) x {r.threads} "
+                     f"threads, {r.where}{best}")
         for b, ms in sorted(r.batch_ms.items()):
             lines.append(f"  batch {b:>3}: {ms:8.2f} ms/batch  {r.img_s(b):8.1f} img/s")
         lines.append(f"  model: {r.model_ms_per_image:.2f} ms/image at batch {r.best_batch}")
-    if raw is not None:
-        pre = raw.preprocess_ms_per_image
+    if raws:
+        pre = raws[0].preprocess_ms_per_image
         lines.append(f"preprocessing (decode + eval transform, 1 thread): {pre:.2f} ms/image")
-        lines.append(f"L = 1 / ({raw.model_ms_per_image:.2f} ms model ({raw.placement}, batch "
-                     f"{raw.best_batch}) + {pre:.2f} ms preprocessing) = {raw.limit_img_s:.1f} img/s")
+    for name in precisions:
+        top = best_raw(raws, name)
+        served = " (served: ÷L above)" if name == precision and len(precisions) > 1 else ""
+        lines.append(f"L[{name}] = 1 / ({top.model_ms_per_image:.2f} ms model ({top.runtime}, "
+                     f"{top.placement}, batch {top.best_batch}) + {top.preprocess_ms_per_image:.2f} ms "
+                     f"preprocessing) = {top.limit_img_s:.1f} img/s{served}")
     return "\n".join(lines)
 
 

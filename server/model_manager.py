@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.precision import PrecisionError, check_verified
 from inference.worker_client import WorkerInstance
 from model import repository as repo
 from model.manifest import ModelManifest
@@ -383,10 +384,9 @@ class ModelManager:
 
     def _worker_instance(self, vdir: Path, manifest: ModelManifest, index: int) -> ManagedInstance:
         s = self.settings
-        runtime, options = self.runtime, {}
-        if s.precision == "int8":  # opt-in: only ONNX Runtime serves the int8 file; never a fallback
-            runtime = "onnxruntime" if runtime == "auto" else runtime
-            options["precision"] = "int8"
+        runtime, options = self.runtime, {"max_batch_size": s.max_batch_size}
+        if s.precision != "fp32":  # the worker's auto takes only runtimes the export verified it on
+            options["precision"] = s.precision
         worker = WorkerInstance(
             vdir,
             manifest,
@@ -414,6 +414,15 @@ class ModelManager:
             transform = EvalTransform.for_manifest(manifest, self.settings.max_image_pixels)
         except ValueError as exc:
             raise self._load_failed(name, version, manifest, "invalid_preprocess", str(exc)) from None
+        try:
+            verified = check_verified(manifest.verification, self.settings.precision, name, version)
+        except PrecisionError as exc:
+            raise self._load_failed(name, version, manifest, "unverified_precision", str(exc)) from None
+        explicit = self.runtime != "auto" and ":" not in self.runtime
+        if self.settings.precision != "fp32" and explicit and self.runtime not in verified:
+            message = (f"model {name} version {version} was verified for precision {self.settings.precision} "
+                       f"on {', '.join(verified)}, not on {self.runtime}")
+            raise self._load_failed(name, version, manifest, "unverified_precision", message)
         instances = [self._factory(vdir, manifest, i) for i in range(self.settings.instances or 1)]
         try:
             results = await asyncio.gather(*(i.start() for i in instances), return_exceptions=True)

@@ -20,12 +20,13 @@ from pydantic_settings import (
 )
 
 from inference.placement import derive_placement, memory_limit_bytes
+from inference.precision import check_combination, check_cpu_bf16
 
 # Default of preprocess_wait_ms: about two photos' decode + transform on one core (BENCHMARKS.md,
 # "Preprocessing": 4-10 ms, 25 ms for a large photo).
 PREPROCESS_WAIT_MS = 10.0
 
-RuntimeName = Literal["auto", "lite", "onnxruntime", "mindspore"]
+RuntimeName = Literal["auto", "lite", "onnxruntime", "openvino", "mindspore"]
 DeviceName = Literal["cpu", "gpu", "ascend"]
 
 
@@ -41,10 +42,12 @@ class ServerSettings(BaseSettings):
     grpc_host: str = Field("127.0.0.1", description="gRPC bind address")
     grpc_port: int = Field(8001, ge=-1, le=65535, description="gRPC port (0 = pick a free port; -1 disables)")
 
-    runtime: RuntimeName = Field("auto", description="auto | lite | onnxruntime | mindspore")
-    precision: Literal["fp32", "int8"] = Field(
+    runtime: RuntimeName = Field("auto", description="auto | lite | onnxruntime | openvino | mindspore")
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = Field(
         "fp32",
-        description="fp32 | int8 (int8 serves the version's model.int8.onnx through onnxruntime; opt-in)",
+        description="fp32 | bf16 (OpenVINO on a CPU with AVX512_BF16/AMX) | fp16 (GPU: ONNX Runtime "
+        "CUDA/TensorRT; Ascend: Lite) | int8 (the calibrated model.int8.onnx: OpenVINO or ONNX Runtime); "
+        "only versions whose export verified the precision are served (ddrnet export --precisions)",
     )
     runtime_python: Path | None = Field(
         None, description="Python interpreter for the worker processes (e.g. a Python 3.7 venv with Lite)"
@@ -137,11 +140,9 @@ class ServerSettings(BaseSettings):
                 f"preferred batch size {self.preferred_batch_sizes[-1]} exceeds max_batch_size "
                 f"{self.max_batch_size}"
             )
-        if self.precision == "int8" and self.runtime not in ("auto", "onnxruntime"):
-            raise ValueError(
-                f"precision int8 is served by the onnxruntime runtime only, not {self.runtime!r} "
-                "(use --runtime onnxruntime or auto)"
-            )
+        check_combination(self.precision, self.runtime, self.device)  # a PrecisionError is a ValueError
+        if self.precision == "bf16":
+            check_cpu_bf16()
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
         for path in (self.tls_cert, self.tls_key):

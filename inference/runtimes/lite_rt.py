@@ -22,6 +22,9 @@ Which file is loaded, first that works:
    aside and renamed so concurrent workers never read a half-written file. The converted model keeps
    the dynamic batch dimension; ``infer`` resizes the input for each new batch size.
 
+Precision (option ``precision``): ``fp32``, or ``fp16`` on gpu and ascend, set as Lite's
+``precision_mode`` for the device (``_PRECISION_MODES``); int8 and bf16 are refused with a message.
+
 Each candidate is checked with one batch-1 prediction right after building: some combinations build
 fine and fail only at predict (e.g. a ``MINDIR_LITE`` file under the cloud package).
 
@@ -55,6 +58,13 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 SOURCES = ("auto", "lite", "mindir", "onnx")
 _DEVICE_NODES = {"gpu": "/dev/nvidia%d", "ascend": "/dev/davinci%d"}
+# Lite's documented ``precision_mode`` values per device for the precision switch (inference.precision).
+# Ascend: fp32 keeps float32 wherever the chip has it (Ascend310's cube units compute convolutions in
+# float16 whatever is asked); fp16 forces float16. GPU: float32, or float16 where kernels have it.
+_PRECISION_MODES = {
+    "gpu": {"fp32": "enforce_fp32", "fp16": "preferred_fp16"},
+    "ascend": {"fp32": "preferred_fp32", "fp16": "enforce_fp16"},
+}
 
 
 def import_lite() -> Any:
@@ -158,6 +168,7 @@ class LiteRuntime(Runtime):
         self._shape: list[int] | None = None
         self.source = ""
         self.note = ""
+        self.precision = "fp32"
 
     # -- building ------------------------------------------------------------------------------------
     def _context(self, inter_op: int | None) -> Any:
@@ -169,8 +180,10 @@ class LiteRuntime(Runtime):
             ctx.cpu.inter_op_parallel_num = min(inter_op, self.threads or inter_op)
         if self.device == "gpu":
             ctx.gpu.device_id = self.device_id
+            ctx.gpu.precision_mode = _PRECISION_MODES["gpu"][self.precision]
         elif self.device == "ascend":
             ctx.ascend.device_id = self.device_id
+            ctx.ascend.precision_mode = _PRECISION_MODES["ascend"][self.precision]
         return ctx
 
     def _try_build(self, path: str, model_type: Any, context: Any, sample_hw: tuple[int, int] | None) -> Any:
@@ -218,6 +231,13 @@ class LiteRuntime(Runtime):
         self.device_id = device_id
         self.threads = options_threads(options)
         inter_op = options_threads(options, "inter_op_threads")
+        self.precision = str(options.get("precision") or "fp32")
+        if self.precision not in ("fp32", "fp16"):
+            raise RuntimeUnavailableError(
+                f"the lite runtime serves fp32 (any device) and fp16 (gpu, ascend), not {self.precision}"
+            )
+        if self.precision == "fp16" and self.device == "cpu":
+            raise RuntimeUnavailableError("the lite runtime serves fp16 on gpu and ascend, not on the cpu")
         source = options.get("lite_source", "auto")
         if source not in SOURCES:
             raise ValueError(f"option lite_source must be one of {SOURCES}, got {source!r}")
@@ -288,6 +308,7 @@ class LiteRuntime(Runtime):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["source"] = self.source
+        info["precision"] = self.precision
         if self.note:
             info["note"] = self.note
         return info

@@ -84,6 +84,10 @@ class MindSporeRuntime(Runtime):
         options: dict[str, Any] | None = None,
     ) -> None:
         options = dict(options or {})
+        if str(options.get("precision") or "fp32") != "fp32":
+            raise RuntimeUnavailableError(
+                f"the mindspore runtime serves fp32 only, not {options['precision']} (inference.precision)"
+            )
         self.device = check_device(device, device_id)
         self.device_id = device_id
         self.threads = options_threads(options)

@@ -15,8 +15,9 @@ from model import manifest as mf
 from model import repository as repo
 from model.ms_device import use_device
 from training.export import ExportError, ExportSpec, export_model
-from training.export.int8 import calibration_paths, top1_agreement_record
+from training.export.int8 import calibration_paths
 from training.export.spec import check_spec
+from training.export.verify import top1_agreement_record
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 64
@@ -65,7 +66,7 @@ def _spec(checkpoint: Path, repository: Path, **kw) -> ExportSpec:
         "preprocess": {"image_size": IMAGE_SIZE},
         "formats": ("onnx", "onnx_int8"),
         "calibration_images": 10,
-        "int8_min_agreement": 0.5,
+        "min_agreement": 0.5,
     }
     base.update(kw)
     return ExportSpec(**base)
@@ -110,7 +111,7 @@ def test_int8_is_never_a_default_format(checkpoint, tmp_path):
     [
         ({}, "needs calibration images: give --calibration-dir"),
         ({"calibration_dir": Path("/nonexistent/train")}, "directory /nonexistent/train does not exist"),
-        ({"calibration_dir": HERE, "int8_min_agreement": 1.5}, "minimum agreement must be within 0..1"),
+        ({"calibration_dir": HERE, "min_agreement": 1.5}, "minimum agreement must be within 0..1"),
     ],
 )
 def test_bad_int8_requests_are_named(checkpoint, tmp_path, change, message):
@@ -173,7 +174,7 @@ def test_onnxruntime_serves_int8_only_when_asked(int8_version):
     assert int8.infer(x).shape == (2, NUM_CLASSES)
     without = dataclasses.replace(manifest, files={"onnx": "model.onnx", "fixed_batch": {}},
                                   checksums={"model.onnx": manifest.checksums["model.onnx"]})
-    with pytest.raises(ModelFileError, match="no int8 ONNX model"):
+    with pytest.raises(ModelFileError, match="has no model.int8.onnx for the onnxruntime runtime at precision int8"):
         OnnxRuntime().load(str(int8_version), without, options={"precision": "int8"})
 
 
@@ -182,7 +183,7 @@ def test_settings_refuse_int8_on_other_runtimes(tmp_path):
 
     from server.settings import ServerSettings
 
-    with pytest.raises(ValidationError, match="precision int8 is served by the onnxruntime runtime only"):
+    with pytest.raises(ValidationError, match="precision int8 on cpu is served by openvino, onnxruntime, not by .mindspore."):
         ServerSettings(model_repository=tmp_path, runtime="mindspore", precision="int8")
     assert ServerSettings(model_repository=tmp_path).precision == "fp32"
 
@@ -231,7 +232,7 @@ def test_cli_int8_options(checkpoint, tmp_path):
     spec = cli_export.spec_from_args(parse([*common, "--config", str(config), "--calibration-images", "5",
                                         "--int8-min-agreement", "0.9"]))
     assert spec.calibration_dir == data / "train"
-    assert (spec.calibration_images, spec.int8_min_agreement) == (5, 0.9)
+    assert (spec.calibration_images, spec.min_agreement) == (5, 0.9)
     argv = [*common, "--config", str(config), "--calibration-dir", str(tmp_path)]
     explicit = cli_export.spec_from_args(parse(argv))
     assert explicit.calibration_dir == tmp_path

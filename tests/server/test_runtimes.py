@@ -125,7 +125,7 @@ def test_onnxruntime_gpu_without_cuda_provider_is_unavailable(version: str) -> N
 
 def test_onnxruntime_without_onnx_file_names_it(version: str, tmp_path: Path) -> None:
     vdir = _copy_version(version, tmp_path / "v", {"mindir": "model.mindir", "fixed_batch": {}})
-    with pytest.raises(ModelFileError, match=r"no ONNX model \(model.onnx\)"):
+    with pytest.raises(ModelFileError, match=r"has no model.onnx for the onnxruntime runtime"):
         create_runtime("onnxruntime").load(vdir, _manifest(vdir), "cpu", 0, {})
 
 

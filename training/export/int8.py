@@ -3,10 +3,8 @@
 ``quantize_onnx`` calibrates ONNX Runtime's static quantiser (``onnxruntime.quantization.quantize_static``,
 MinMax calibration, per-channel int8 weights, uint8 activations) on real images from the training
 folder passed through the model's own eval transform, and writes ``model.int8.onnx``.
-``calibration_paths`` picks those images; ``top1_agreement_record`` is the verification rule for the
-int8 file: top-1 AGREEMENT with the float32 checkpoint network on held-out images (quantisation moves
-logits by far more than the float formats' 1e-3 tolerance, so a logit tolerance says nothing useful;
-whether the predicted class survives does).
+``calibration_paths`` picks those images and the held-out ones the int8 file is verified on (by
+``training.export.verify.top1_agreement_record``, the rule of every reduced precision).
 
 Format: QDQ (QuantizeLinear/DequantizeLinear pairs that ONNX Runtime fuses into int8 kernels) after
 ONNX Runtime's pre-processing, by default. Measured here on DDRNet-23-slim at 224 with ONNX Runtime
@@ -149,29 +147,3 @@ def quantize_onnx(
         "calibration": "minmax",
         "calibration_images": len(calibration),
     }
-
-
-def top1_agreement_record(reference: np.ndarray, actual: np.ndarray, min_agreement: float) -> dict[str, Any]:
-    """Verification record of an int8 file: ``passed`` when its top-1 agrees with the reference on at
-    least ``min_agreement`` of the samples. ``max_abs_diff`` is reported for information only."""
-    reference = np.asarray(reference, dtype=np.float32)
-    actual = np.asarray(actual, dtype=np.float32)
-    if actual.shape != reference.shape or not np.isfinite(actual).all():
-        agreement, diff = 0.0, float("inf")
-        error = f"output shape {list(actual.shape)}, expected {list(reference.shape)}, or not finite"
-    else:
-        agreement = float((reference.argmax(axis=1) == actual.argmax(axis=1)).mean())
-        diff = float(np.max(np.abs(actual - reference)))
-        error = ""
-    record: dict[str, Any] = {
-        "passed": bool(not error and agreement >= min_agreement),
-        "rule": "top1_agreement",
-        "top1_agreement": agreement,
-        "min_top1_agreement": float(min_agreement),
-        "max_abs_diff": diff,
-        "tolerance": None,
-        "samples": int(reference.shape[0]),
-    }
-    if error:
-        record["error"] = error
-    return record

@@ -6,8 +6,10 @@ formats into a hidden staging directory inside ``<repository>/<name>/`` (``model
 
 - ``model.mindir`` (dynamic batch) and ``model_b<N>.mindir`` fixed-batch files (``mindir``);
 - ``model.onnx``: dynamic batch on input and output, exported in a child process (``onnx_writer``);
-- ``model.int8.onnx`` (opt-in format ``onnx_int8``): ONNX Runtime's static int8 quantisation,
-  calibrated on ``calibration_images`` real images of ``calibration_dir`` (``int8``);
+- ``model.int8.onnx`` (``--precisions int8``, format ``onnx_int8``): ONNX Runtime's static int8
+  quantisation, calibrated on ``calibration_images`` real images of ``calibration_dir`` (``int8``);
+- ``model.fp16.onnx`` (``--precisions fp16``, format ``onnx_fp16``): float16 weights (``fp16``);
+  ``--precisions bf16`` adds no file (OpenVINO runs ``model.onnx`` in bf16) but its own check;
 - ``model.ms``: MindSpore Lite's converter, run in the Lite interpreter (``inference.lite_tool``) —
   from ONNX for Lite 2.0.x (which cannot read MindSpore 2.10's MindIR), from MindIR for newer releases;
 
@@ -19,6 +21,7 @@ is published.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import shutil
@@ -79,7 +82,9 @@ class _Steps:
         self.bar.close()
 
 
-def _versions(lite_info: dict[str, Any] | None) -> dict[str, str]:
+def _versions(lite_info: dict[str, Any] | None, precisions: tuple[str, ...]) -> dict[str, str]:
+    import importlib.metadata
+
     import mindspore as ms
     import onnx
     import onnxruntime
@@ -90,6 +95,9 @@ def _versions(lite_info: dict[str, Any] | None) -> dict[str, str]:
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
+    if "bf16" in precisions or "int8" in precisions:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out["openvino"] = importlib.metadata.version("openvino")
     if lite_info:
         out["mindspore_lite"] = str(lite_info.get("mindspore_lite"))
         out["lite_python"] = str(lite_info.get("python"))
@@ -121,8 +129,8 @@ def export_model(
         except VerificationError as exc:
             raise ExportError(str(exc)) from None
         evidence = Evidence(batch, steps("reference logits", lambda: logits(net, batch)), spec.tolerance,
-                            int8_min_agreement=spec.int8_min_agreement)
-        calibration = _int8_inputs(spec, pre, net, evidence, steps) if "onnx_int8" in formats else None
+                            checked.precisions, min_agreement=spec.min_agreement)
+        calibration = _agreement_inputs(spec, pre, net, evidence, steps) if checked.precisions else None
         repo.remove_stale_staging(spec.repository, spec.name)
         staging = repo.create_staging_dir(spec.repository, spec.name)
         files, lite_convert_info = _write_files(spec, formats, lite, pre.image_size, net, staging,
@@ -144,7 +152,7 @@ def export_model(
             checksums={n: repo.checksum_entry(staging / n) for n in listed},
             source_checkpoint_sha256=ckpt_sha,
             created_at=utc_now_iso(),
-            exporter=_versions(lite[1] if lite else None),
+            exporter=_versions(lite[1] if lite else None, checked.precisions),
         )
         write_manifest(staging, manifest)
         try:
@@ -167,21 +175,30 @@ def export_model(
     return ExportResult(version, version_dir, repo.load_manifest(version_dir), steps.seconds)
 
 
-def _int8_inputs(spec: ExportSpec, pre: Any, net: Any, evidence: Any, steps: _Steps) -> np.ndarray:
-    """The calibration batch; also puts the int8 check batch (photos + held-out images) and the
-    checkpoint's logits on it into ``evidence``."""
+def _agreement_inputs(
+    spec: ExportSpec, pre: Any, net: Any, evidence: Any, steps: _Steps
+) -> np.ndarray | None:
+    """The int8 calibration batch (None without a calibration folder); also puts the reduced
+    precisions' check batch (the sample photos + held-out images of the calibration folder, the photos
+    alone without one) and the checkpoint's logits on it into ``evidence``."""
     from training.export.int8 import QuantizationError, calibration_paths, transform_images
     from training.export.network import logits
 
-    assert spec.calibration_dir is not None
-    try:
-        calib_paths, held_out = calibration_paths(Path(spec.calibration_dir), spec.calibration_images)
-        calibration = transform_images(calib_paths, pre)
-        parts = [evidence.batch, transform_images(held_out, pre)] if held_out else [evidence.batch]
-    except QuantizationError as exc:
-        raise ExportError(str(exc)) from None
-    evidence.int8_batch = np.concatenate(parts)
-    evidence.int8_reference = steps("int8 reference logits", lambda: logits(net, evidence.int8_batch))
+    parts, calibration = [evidence.batch], None
+    if spec.calibration_dir is not None:
+        try:
+            calib_paths, held_out = calibration_paths(Path(spec.calibration_dir), spec.calibration_images)
+            calibration = transform_images(calib_paths, pre)
+            if held_out:
+                parts.append(transform_images(held_out, pre))
+        except QuantizationError as exc:
+            raise ExportError(str(exc)) from None
+    else:
+        LOG.warning("reduced precisions are verified on the %d sample photos alone: give --calibration-dir "
+                    "(the training folder) for held-out images too", len(evidence.batch))
+    evidence.agreement_batch = np.concatenate(parts)
+    evidence.agreement_reference = steps("agreement reference logits",
+                                         lambda: logits(net, evidence.agreement_batch))
     return calibration
 
 
@@ -205,7 +222,7 @@ def _write_files(
         files["fixed_batch"][str(b)] = steps(f"export mindir b{b}",
                                              lambda b=b: export_mindir(net, staging, size, b))
     onnx_path: Path | None = None
-    if {"onnx", "lite", "onnx_int8"} & set(formats):
+    if {"onnx", "lite", "onnx_int8", "onnx_fp16"} & set(formats):
         from training.export.onnx_writer import OnnxExportError, export_onnx
 
         onnx_path = staging / "model.onnx" if "onnx" in formats else scratch / "model.onnx"
@@ -226,6 +243,15 @@ def _write_files(
         except QuantizationError as exc:
             raise ExportError(str(exc)) from None
         files["onnx_int8"] = int8_path.name
+    if "onnx_fp16" in formats and onnx_path is not None:
+        from training.export.fp16 import Fp16ExportError, convert_fp16
+
+        fp16_path = staging / DEFAULT_FILENAMES["onnx_fp16"]
+        try:
+            steps("convert fp16", lambda: convert_fp16(onnx_path, fp16_path))
+        except Fp16ExportError as exc:
+            raise ExportError(str(exc)) from None
+        files["onnx_fp16"] = fp16_path.name
     lite_convert_info: dict[str, Any] = {}
     if "lite" in formats and lite is not None:
         source, fmk = (staging / "model.mindir", "mindir") if lite_from_mindir else (onnx_path, "onnx")

@@ -1,7 +1,8 @@
 """What an export is asked to do (:class:`ExportSpec`), and the checks made before any work starts.
 
 Every value is checked up front (architecture, variant, class count, labels, preprocessing, formats,
-batch sizes, version, sample images, the int8 calibration folder, the Lite interpreter), so a bad
+batch sizes, version, sample images, the reduced precisions and whether this machine can verify them,
+the calibration folder, the Lite interpreter), so a bad
 request fails in a second with one message naming the problem, never after minutes of exporting.
 Where an export's facts come from (a training run, a config, the command line) is
 ``training.export.source``'s job; this module takes them as given.
@@ -21,8 +22,10 @@ from training.export.verify import DEFAULT_TOLERANCE
 
 LOG = logging.getLogger(__name__)
 
-FORMATS = ("mindir", "onnx", "lite", "onnx_int8")
-DEFAULT_FORMATS = ("mindir", "onnx", "lite")  # onnx_int8 only when asked for
+FORMATS = ("mindir", "onnx", "lite", "onnx_int8", "onnx_fp16")
+DEFAULT_FORMATS = ("mindir", "onnx", "lite")  # the reduced-precision files only when asked for
+# a reduced precision -> the file it adds (bf16 runs model.onnx on OpenVINO: no file of its own)
+PRECISION_FORMATS = {"int8": "onnx_int8", "fp16": "onnx_fp16", "bf16": "onnx"}
 
 
 class ExportError(RuntimeError):
@@ -51,19 +54,22 @@ class ExportSpec:
     sample_images: tuple[Path, ...] = ()
     calibration_dir: Path | None = None
     calibration_images: int = 64
-    int8_min_agreement: float = 0.98
+    min_agreement: float = 0.98
     quant_format: str = "qdq"
+    precisions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Checked:
     """The spec's derived values once checked: the eval preprocessing, the label list, the formats to
-    write, and the Lite interpreter (python, probe info) when ``lite`` is among them."""
+    write, the Lite interpreter (python, probe info) when ``lite`` is among them, and the reduced
+    precisions to verify (fp32 is always)."""
 
     preprocess: PreprocessConfig
     labels: list[str]
     formats: tuple[str, ...]
     lite: tuple[str, dict[str, Any]] | None
+    precisions: tuple[str, ...] = ()
 
 
 def check_spec(spec: ExportSpec) -> Checked:
@@ -109,11 +115,41 @@ def check_spec(spec: ExportSpec) -> Checked:
     for image in spec.sample_images:
         if not Path(image).is_file():
             raise ExportError(f"sample image {image} does not exist")
-    formats, lite = _resolve_formats(spec)
-    return Checked(pre, labels, formats, lite)
+    precisions = _resolve_precisions(spec)
+    formats, lite = _resolve_formats(spec, precisions)
+    return Checked(pre, labels, formats, lite, precisions)
 
 
-def _resolve_formats(spec: ExportSpec) -> tuple[tuple[str, ...], tuple[str, dict[str, Any]] | None]:
+def _resolve_precisions(spec: ExportSpec) -> tuple[str, ...]:
+    """The reduced precisions asked for (``--precisions``, plus int8/fp16 for their formats listed in
+    ``--formats``), checked against what this machine can verify."""
+    from inference.precision import PRECISIONS, PrecisionError, check_cpu_bf16
+    from inference.runtimes import is_installed
+
+    unknown = [p for p in spec.precisions if p not in PRECISIONS]
+    if unknown:
+        raise ExportError(f"unknown precision(s) {unknown}: choose from {', '.join(PRECISIONS)}")
+    wanted = [p for p in spec.precisions if p != "fp32"]
+    wanted += [p for p, fmt in PRECISION_FORMATS.items() if fmt != "onnx" and fmt in (spec.formats or ())]
+    precisions = tuple(p for p in ("int8", "bf16", "fp16") if p in wanted)
+    if "bf16" in precisions:
+        if not is_installed("openvino"):
+            raise ExportError("precision bf16 is run and verified by OpenVINO, which is not installed: "
+                              "pip install 'ddrnet-serve[openvino]'")
+        try:
+            check_cpu_bf16()
+        except PrecisionError as exc:
+            raise ExportError(f"cannot verify bf16 on this machine: {exc}") from None
+        if spec.formats is not None and "onnx" not in spec.formats:
+            raise ExportError("precision bf16 runs the version's model.onnx: keep onnx in --formats")
+    if precisions and not 0.0 <= spec.min_agreement <= 1.0:
+        raise ExportError(f"minimum agreement must be within 0..1, got {spec.min_agreement}")
+    return precisions
+
+
+def _resolve_formats(
+    spec: ExportSpec, precisions: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, dict[str, Any]] | None]:
     from inference.lite_tool import LITE_VENV, LiteToolError, find_lite
 
     formats = spec.formats
@@ -123,17 +159,16 @@ def _resolve_formats(spec: ExportSpec) -> tuple[tuple[str, ...], tuple[str, dict
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ExportError(f"unknown export format(s) {unknown}: choose from {', '.join(FORMATS)}")
+    formats = tuple(formats) + tuple(PRECISION_FORMATS[p] for p in precisions)
     if not formats and not spec.batch_sizes:
         raise ExportError("no format to export: give --formats and/or --batch-sizes")
-    if "onnx_int8" in formats:
-        if spec.calibration_dir is None:
-            raise ExportError(
-                "format onnx_int8 needs calibration images: give --calibration-dir (the training folder)"
-            )
-        if not Path(spec.calibration_dir).is_dir():
-            raise ExportError(f"calibration directory {spec.calibration_dir} does not exist")
-        if not 0.0 <= spec.int8_min_agreement <= 1.0:
-            raise ExportError(f"int8 minimum agreement must be within 0..1, got {spec.int8_min_agreement}")
+    if "onnx_int8" in formats and spec.calibration_dir is None:
+        raise ExportError(
+            "precision int8 (format onnx_int8) needs calibration images: give --calibration-dir (the "
+            "training folder)"
+        )
+    if spec.calibration_dir is not None and precisions and not Path(spec.calibration_dir).is_dir():
+        raise ExportError(f"calibration directory {spec.calibration_dir} does not exist")
     lite = None
     if "lite" in formats:
         try:

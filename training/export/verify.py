@@ -150,7 +150,7 @@ def run_in_worker(
     manifest: ModelManifest,
     batch: np.ndarray,
     python: str,
-    threads: int = 1,
+    threads: int | None = 1,
     options: dict[str, Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The same three batches as :func:`run_in_process`, through a real worker process under the
@@ -167,7 +167,8 @@ def run_in_worker(
 
     async def run() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         worker = WorkerInstance(
-            version_dir, manifest, runtime=runtime_name, threads=threads, options=dict(options or {}),
+            Path(version_dir).resolve(), manifest,  # the worker may start in another directory
+            runtime=runtime_name, threads=threads, options=dict(options or {}),
             max_batch_size=len(batch), python=python, warmup_batch_sizes=[1], restart=False,
             name=f"verify-{runtime_name}",
         )
@@ -184,3 +185,32 @@ def run_in_worker(
         return asyncio.run(run())
     except (ServingError, ValueError, OSError) as exc:
         raise VerificationError(f"{runtime_name} ({python}) cannot run {version_dir.name}: {exc}") from None
+
+
+def top1_agreement_record(reference: np.ndarray, actual: np.ndarray, min_agreement: float) -> dict[str, Any]:
+    """Verification record of a reduced precision (int8, bf16, fp16): ``passed`` when its top-1 agrees
+    with the float32 checkpoint network on at least ``min_agreement`` of the samples. Quantisation and
+    16-bit arithmetic move logits by far more than the float formats' 1e-3 tolerance, so a logit
+    tolerance says nothing useful; whether the predicted class survives does. ``max_abs_diff`` is
+    reported for information."""
+    reference = np.asarray(reference, dtype=np.float32)
+    actual = np.asarray(actual, dtype=np.float32)
+    if actual.shape != reference.shape or not np.isfinite(actual).all():
+        agreement, diff = 0.0, float("inf")
+        error = f"output shape {list(actual.shape)}, expected {list(reference.shape)}, or not finite"
+    else:
+        agreement = float((reference.argmax(axis=1) == actual.argmax(axis=1)).mean())
+        diff = float(np.max(np.abs(actual - reference)))
+        error = ""
+    record: dict[str, Any] = {
+        "passed": bool(not error and agreement >= min_agreement),
+        "rule": "top1_agreement",
+        "top1_agreement": agreement,
+        "min_top1_agreement": float(min_agreement),
+        "max_abs_diff": diff,
+        "tolerance": None,
+        "samples": int(reference.shape[0]),
+    }
+    if error:
+        record["error"] = error
+    return record
