@@ -94,6 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="precisions --raw measures, each with the runtime auto picks for it (the served "
                           "one with the server's runtime); default all: every precision the version was "
                           "verified for")
+    raw.add_argument("--device", choices=("cpu", "gpu", "ascend"), default="cpu",
+                     help="the server's --device, for --raw (default: cpu)")
     raw.add_argument("--raw-batch-sizes", default="1,2,4,8", metavar="B[,B...]", help="default: 1,2,4,8")
     raw.add_argument("--raw-s", type=float, default=2.0, metavar="S",
                      help="seconds per raw batch size and for preprocessing (default: 2)")
@@ -240,7 +242,7 @@ def raw_placements(args: argparse.Namespace) -> list[tuple[int, int]]:
         if value is not None and value < 1:
             raise CliError(f"{option} must be at least 1, got {value}")
     cores = available_cores()
-    server = derive_placement(device="cpu", single_threaded=bool(args.runtime_python),
+    server = derive_placement(device=args.device, single_threaded=bool(args.runtime_python),
                               instances=args.instances, threads_per_instance=args.threads, cores=cores)
     placements = [(server.instances, server.threads_per_instance)]
     # A worker under --runtime-python is PyPI's Lite 2.0, which runs one thread whatever it is asked:
@@ -289,7 +291,7 @@ def _raw(args: argparse.Namespace, info: dict[str, Any], payload: list[bytes],
                 args.model_repository, info["model"], payload, placements,
                 version=info.get("version") or None, runtime=runtime, batch_sizes=sizes, seconds=args.raw_s,
                 runtime_python=args.runtime_python if precision == args.precision else None,
-                precision=precision,
+                precision=precision, device=args.device,
             )
         except (ValueError, OSError) as exc:
             raise CliError(f"--raw: {exc}") from None

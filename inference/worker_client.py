@@ -119,7 +119,8 @@ class WorkerInstance:
         self.python = str(python or sys.executable)
         if not (os.path.isfile(self.python) and os.access(self.python, os.X_OK)):
             raise ValueError(f"runtime python {self.python} is not an executable file")
-        self.version_dir = str(version_dir)
+        # absolute: the worker starts in the repository root, not in this process's directory
+        self.version_dir = os.path.abspath(str(version_dir))
         self.manifest = manifest
         self.name = name or f"{manifest.name}/{manifest.version}"
         self.input_shape, self.output_shape = _io_shapes(manifest, max_batch_size)

@@ -106,11 +106,15 @@ class RequestedOutput:
 
 @dataclass(frozen=True)
 class ModelStatus:
-    """A served model: the version new requests go to, and whether it takes requests now."""
+    """A served model: the version new requests go to, and whether it takes requests now; the runtime,
+    device and precision it runs at."""
 
     name: str
     version: str
     ready: bool
+    runtime: str = ""
+    device: str = ""
+    precision: str = "fp32"
 
 
 @dataclass
@@ -191,7 +195,8 @@ class DataPlane:
     def models(self) -> list[ModelStatus]:
         """Every served model's status (readiness is false for all while draining)."""
         return [
-            ModelStatus(name, served.current.version, served.ready and not self.draining)
+            ModelStatus(name, served.current.version, served.ready and not self.draining,
+                        served.current.runtime, served.current.device, served.current.precision)
             for name, served in list(self.manager.models.items())
         ]
 

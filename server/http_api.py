@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -119,7 +120,7 @@ def create_app(core: DataPlane) -> FastAPI:
 
     @app.get("/v1/models", summary="Served models", tags=["classify"])
     async def list_models() -> dict[str, Any]:
-        return {"models": [{"name": m.name, "version": m.version, "ready": m.ready} for m in core.models()]}
+        return {"models": [dataclasses.asdict(m) for m in core.models()]}
 
     # -- Open Inference Protocol v2: health and metadata -------------------------------------------
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.precision import PrecisionError, check_verified
+from inference.precision import PrecisionError, check_verified, precision_summary
 from inference.worker_client import WorkerInstance
 from model import repository as repo
 from model.manifest import ModelManifest
@@ -137,6 +137,7 @@ class ServedVersion:
     runtime: str
     device: str
     load_seconds: float
+    precision: str = "fp32"
 
     @property
     def labels(self) -> list[str]:
@@ -169,6 +170,8 @@ class ServedVersion:
             "arch": self.manifest.arch,
             "runtime": self.runtime,
             "device": self.device,
+            "precision": self.precision,
+            "verified_precisions": precision_summary(self.manifest.verification),
             "instances": [instance.worker.describe() for instance in self.instances],
             "load_seconds": round(self.load_seconds, 3),
         }
@@ -446,6 +449,7 @@ class ModelManager:
             model=name, version=str(version), version_dir=vdir, manifest=manifest, transform=transform,
             instances=instances, runtime=str(info.get("runtime") or self.runtime),
             device=str(info.get("device") or self.settings.device), load_seconds=seconds,
+            precision=self.settings.precision,
         )
         log.info("model %s: version %d loaded and warmed in %.1f s (%s)", name, version, seconds, info)
         return served

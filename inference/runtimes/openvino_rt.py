@@ -33,6 +33,7 @@ from inference.runtimes.base import (
     check_device,
     options_threads,
 )
+from model.manifest import DEFAULT_FILENAMES
 
 if TYPE_CHECKING:
     from model.manifest import ModelManifest
@@ -106,8 +107,8 @@ class OpenVinoRuntime(Runtime):
         if path is None:
             hint = ("export it with `ddrnet export ... --precisions int8`" if role == "onnx_int8"
                     else "export it with --formats onnx")
-            raise ModelFileError(f"{version_dir} has no {manifest.files.get(role) or role} for the openvino "
-                                 f"runtime at precision {self.precision}: {hint}")
+            raise ModelFileError(f"{version_dir} has no {DEFAULT_FILENAMES[role]} for the openvino runtime "
+                                 f"at precision {self.precision}: {hint}")
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": _HINTS[self.precision],
             "NUM_STREAMS": self.streams,

@@ -13,47 +13,13 @@ import pytest
 
 from model import manifest as mf
 from model import repository as repo
-from model.ms_device import use_device
+from tests.export.conftest import IMAGE_SIZE, NUM_CLASSES
 from training.export import ExportError, ExportSpec, export_model
 from training.export.int8 import calibration_paths
 from training.export.spec import check_spec
 from training.export.verify import top1_agreement_record
 
-NUM_CLASSES = 10
-IMAGE_SIZE = 64
 HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A randomly initialised DDRNet-23-slim with 10 classes, saved as a MindSpore checkpoint."""
-    import mindspore as ms
-
-    import model
-
-    ms.set_context(mode=ms.GRAPH_MODE)
-    use_device("CPU", 0)
-    ms.set_seed(0)
-    net = model.create_model("ddrnet23_slim", num_classes=NUM_CLASSES)
-    path = tmp_path_factory.mktemp("ckpt") / "slim10.ckpt"
-    ms.save_checkpoint(net, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def train_dir(tmp_path_factory) -> Path:
-    """A training folder of real images: scikit-learn digits as PNGs in class folders (3 per class)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    root = tmp_path_factory.mktemp("digits") / "train"
-    for label in range(NUM_CLASSES):
-        (root / str(label)).mkdir(parents=True)
-        for i, index in enumerate(np.flatnonzero(digits.target == label)[:3]):
-            pixels = (digits.images[index] * (255 / 16)).astype(np.uint8)
-            Image.fromarray(pixels).convert("RGB").resize((32, 32)).save(root / str(label) / f"{i}.png")
-    return root
 
 
 def _spec(checkpoint: Path, repository: Path, **kw) -> ExportSpec:
@@ -174,7 +140,7 @@ def test_onnxruntime_serves_int8_only_when_asked(int8_version):
     assert int8.infer(x).shape == (2, NUM_CLASSES)
     without = dataclasses.replace(manifest, files={"onnx": "model.onnx", "fixed_batch": {}},
                                   checksums={"model.onnx": manifest.checksums["model.onnx"]})
-    with pytest.raises(ModelFileError, match="has no model.int8.onnx for the onnxruntime runtime at precision int8"):
+    with pytest.raises(ModelFileError, match=r"has no model\.int8\.onnx for the onnxruntime runtime"):
         OnnxRuntime().load(str(int8_version), without, options={"precision": "int8"})
 
 
@@ -183,7 +149,7 @@ def test_settings_refuse_int8_on_other_runtimes(tmp_path):
 
     from server.settings import ServerSettings
 
-    with pytest.raises(ValidationError, match="precision int8 on cpu is served by openvino, onnxruntime, not by .mindspore."):
+    with pytest.raises(ValidationError, match=r"int8 on cpu is served by openvino, onnxruntime, not"):
         ServerSettings(model_repository=tmp_path, runtime="mindspore", precision="int8")
     assert ServerSettings(model_repository=tmp_path).precision == "fp32"
 

@@ -116,7 +116,10 @@ def test_classify_three_body_forms(repository) -> None:
                                           json={"images": [b64(sf.colour_image("blue"))]})
             assert labels_of(versioned) == ["blue"]
             listing = (await client.get("/v1/models")).json()
-            assert listing == {"models": [{"name": "fake", "version": "1", "ready": True}]}
+            [entry] = listing["models"]
+            assert entry == {"name": "fake", "version": "1", "ready": True, "runtime": entry["runtime"],
+                             "device": "cpu", "precision": "fp32"}
+            assert entry["runtime"]  # the fake runtime (its module:Class name)
 
     run(main())
 

@@ -119,6 +119,26 @@ def test_onnxruntime_worker_results_through_shared_memory(
     run(scenario())
 
 
+def test_relative_version_dir_is_resolved_here(
+    version: str, manifest: ModelManifest, shm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ddrnet serve --model-repository models`` from any directory: the worker starts in the
+    repository root, so a relative version directory is made absolute before it is sent."""
+    monkeypatch.chdir(Path(version).parent)
+
+    async def scenario() -> None:
+        inst = WorkerInstance(Path(version).name, manifest, runtime="auto", threads=1, max_batch_size=2,
+                              shm_dir=str(shm_dir), warmup_batch_sizes=[1])
+        assert inst.version_dir == str(Path(version).resolve())
+        await inst.start()
+        try:
+            assert inst.describe()["runtime"] in ("onnxruntime", "lite")
+        finally:
+            await inst.stop()
+
+    asyncio.run(scenario())
+
+
 def test_lite_worker_under_python37(
     version: str, manifest: ModelManifest, shm_dir: Path, tmp_path: Path
 ) -> None:

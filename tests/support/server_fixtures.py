@@ -252,6 +252,7 @@ class ServerProcess:
         # server under test would parse gRPC in pure Python depending on test order. A test that
         # wants it sets it in ``env`` (tests/server/test_grpc_api.py covers that implementation).
         env.pop("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", None)
+        env.pop("ONEDNN_MAX_CPU_ISA", None)  # set by MindSpore's CPU kernels likewise: no bf16 in OpenVINO
         env.update(self.env or {})
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in kill()
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=self._log, text=True,

@@ -167,8 +167,7 @@ def run_in_worker(
 
     async def run() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         worker = WorkerInstance(
-            Path(version_dir).resolve(), manifest,  # the worker may start in another directory
-            runtime=runtime_name, threads=threads, options=dict(options or {}),
+            version_dir, manifest, runtime=runtime_name, threads=threads, options=dict(options or {}),
             max_batch_size=len(batch), python=python, warmup_batch_sizes=[1], restart=False,
             name=f"verify-{runtime_name}",
         )
