@@ -1,22 +1,29 @@
 # syntax=docker/dockerfile:1
 #
-# ddrnet-serve inference server image.
+# ddrnet-serve images. Two targets:
 #
-#   docker build -t ddrnet-serve .
-#   docker run --rm -p 8000:8000 -p 8001:8001 -v "$PWD/demo/models:/models:ro" ddrnet-serve
+#   serve (the default, last stage): the inference server with ONNX Runtime, no MindSpore (the serving
+#         install, `pip install .`); what a cluster pulls for every pod.
+#       docker build -t ddrnet-serve .
+#       docker run --rm -p 8000:8000 -p 8001:8001 -v "$PWD/demo/models:/models:ro" ddrnet-serve
+#   train: the full install (`pip install .[train]`: MindSpore, export, the digits demo) for training
+#         and export jobs; its entrypoint is `ddrnet`.
+#       docker build --target train -t ddrnet-serve:train .
+#       docker run --rm -v "$PWD/runs:/runs" ddrnet-serve:train export --run-dir /runs/r --repository /runs/models --name m
 #
 # Build arguments (all optional):
-#   EXTRAS            pip extras of the project, e.g. "torch" (comma separated)
+#   EXTRAS            more pip extras of the project, comma separated: "openvino" (the bf16/int8 CPU
+#                     runtime), "mindspore" (serve with --runtime mindspore), "torch"
 #   LITE_WHEEL        path, inside the build context, of a MindSpore Lite wheel for the target
 #                     (cp311 build from MindSpore's download site: CPU, GPU or Ascend310); installed
 #                     into the same venv when set
 #   ONNXRUNTIME       pip requirement that replaces the CPU onnxruntime, e.g. "onnxruntime-gpu>=1.18,<2"
 #   MODEL_REPOSITORY  path, inside the build context, of a model repository to bake into /models
-#                     (otherwise mount one at /models)
+#                     (serve target; otherwise mount one at /models)
 #
-# The install step is the README's: `pip install .` (non-editable here, into a venv that the final
-# stage copies). Everything the server can be told is an option or a DDRNET_* environment variable;
-# nothing secret is baked in (pass DDRNET_AUTH_TOKEN and TLS files at run time).
+# Everything the server can be told is an option or a DDRNET_* environment variable; nothing secret is
+# baked in (pass DDRNET_AUTH_TOKEN and TLS files at run time). PID 1 is tini in both targets: it reaps
+# orphaned worker processes and forwards signals.
 
 # ---------------------------------------------------------------------------------------------------
 FROM python:3.11.13-slim-bookworm AS builder
@@ -49,31 +56,67 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".${EXTRAS:+[${EXTRAS}]}"
 
-# Optional runtime swaps; the build context is bind-mounted so an unset wheel path needs no file.
-# The ONNXRUNTIME requirement and the Lite wheel are given, pinned, by whoever builds the image.
-# hadolint ignore=DL3013
+# Optional runtime swaps (deploy/docker/swap_runtimes.sh); the build context is bind-mounted so an
+# unset wheel path needs no file.
+COPY deploy/docker/swap_runtimes.sh /usr/local/bin/swap_runtimes
 RUN --mount=type=bind,source=.,target=/context \
-    if [ -n "${ONNXRUNTIME}" ]; then \
-        pip uninstall --yes onnxruntime && pip install --no-cache-dir "${ONNXRUNTIME}"; \
-    fi \
-    && if [ -n "${LITE_WHEEL}" ]; then \
-        pip install --no-cache-dir "/context/${LITE_WHEEL}"; \
-    fi \
+    swap_runtimes "${ONNXRUNTIME}" "${LITE_WHEEL}" \
     && ddrnet --help > /dev/null
 
 # ---------------------------------------------------------------------------------------------------
-FROM python:3.11.13-slim-bookworm AS runtime
+# The full install on top: MindSpore and the export and demo dependencies, then the same swaps (the
+# CPU onnxruntime that [train] may bring back is replaced again).
+FROM builder AS train-builder
+ARG EXTRAS=""
+ARG LITE_WHEEL=""
+ARG ONNXRUNTIME=""
+# The project's own dependency ranges (pyproject.toml) are the pins here.
+# hadolint ignore=DL3013
+RUN --mount=type=bind,source=.,target=/context \
+    pip install --no-cache-dir ".[train${EXTRAS:+,${EXTRAS}}]" \
+    && swap_runtimes "${ONNXRUNTIME}" "${LITE_WHEEL}" \
+    && ddrnet train --help > /dev/null
+
+# ---------------------------------------------------------------------------------------------------
+# Training and export jobs (`docker build --target train`): `ddrnet <command>` as uid 10001.
+FROM python:3.11.13-slim-bookworm AS train
+
+# libgomp1: MindSpore's CPU kernels link against the system OpenMP runtime (not in the slim image).
+# Not version-pinned: Debian replaces point releases in place; the base image tag fixes the release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends libgomp1 tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 ddrnet \
+    && useradd --system --uid 10001 --gid ddrnet --home-dir /home/ddrnet --create-home \
+        --shell /usr/sbin/nologin ddrnet
+
+COPY --from=train-builder /opt/venv /opt/venv
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/home/ddrnet \
+    MPLCONFIGDIR=/tmp/matplotlib
+
+WORKDIR /home/ddrnet
+USER 10001:10001
+ENTRYPOINT ["tini", "--", "ddrnet"]
+CMD ["--help"]
+
+# ---------------------------------------------------------------------------------------------------
+# The serving image (the default target): no MindSpore, no training stack.
+FROM python:3.11.13-slim-bookworm AS serve
 
 ARG MODEL_REPOSITORY=""
 
-# libgomp1: MindSpore's CPU kernels link against the system OpenMP runtime (not in the slim image).
 # tini: PID 1 that reaps orphaned grandchildren of the worker processes and forwards signals to the
 # server (the same in Kubernetes, which runs the image's ENTRYPOINT).
 # Not version-pinned: Debian replaces point releases in place, so a pin would break rebuilds; the
 # base image tag fixes the Debian release.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install --yes --no-install-recommends libgomp1 tini \
+    && apt-get install --yes --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 ddrnet \
     && useradd --system --uid 10001 --gid ddrnet --home-dir /home/ddrnet --create-home \
@@ -93,8 +136,7 @@ RUN --mount=type=bind,source=.,target=/context \
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/home/ddrnet \
-    MPLCONFIGDIR=/tmp/matplotlib
+    HOME=/home/ddrnet
 
 WORKDIR /home/ddrnet
 USER 10001:10001

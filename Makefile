@@ -11,7 +11,7 @@ install-dev: $(VENV)/.installed-dev
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[train]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml

@@ -28,7 +28,7 @@ say "python: $($PY --version 2>&1), $(nproc) cores; $(uptime)"
 #    place of the CPU onnxruntime (both install the same `onnxruntime` module).
 if [ ! -x "$OUT/venv/bin/python" ]; then
   timeout 300 "$PY" -m venv "$OUT/venv" || fail "cannot create a venv"
-  timeout 300 "$OUT/venv/bin/pip" install -q -e . || fail "pip install -e . failed (no package registry?)"
+  timeout 300 "$OUT/venv/bin/pip" install -q -e '.[train]' || fail "pip install -e '.[train]' failed (no package registry?)"
   "$OUT/venv/bin/pip" uninstall -q -y onnxruntime
   timeout 300 "$OUT/venv/bin/pip" install -q "onnxruntime-gpu[cuda,cudnn]>=1.20,<2" \
     || fail "cannot install onnxruntime-gpu[cuda,cudnn]"
@@ -45,15 +45,7 @@ assert "CUDAExecutionProvider" in providers
 PY
 
 # 2. Photos and the export (about 1 minute).
-python - "$OUT/photos" <<'PY'
-import sys
-from pathlib import Path
-from PIL import Image
-from model.samples import sample_photos
-out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
-for path in sample_photos():
-    Image.open(path).convert("RGB").save(out / (path.stem + ".jpg"), quality=90)
-PY
+python -m benchmarks.sample_jpegs "$OUT/photos" || exit 1
 REPO="$OUT/repo"
 if [ ! -f "$REPO/ddrnet23/1/model.json" ]; then
   timeout 120 python -c "import mindspore as ms, model; ms.set_seed(0); ms.save_checkpoint(model.create_model('ddrnet23', num_classes=1000), '$OUT/ddrnet23.ckpt')" \

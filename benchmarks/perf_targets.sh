@@ -12,21 +12,13 @@
 set -u
 OUT=${1:-perf-targets}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # python -m benchmarks.* from any directory
 LITE_PY="$ROOT/.venv-lite37/bin/python"
 REPO="$OUT/repo224"
 mkdir -p "$OUT"
 
 # The payload: the sample photos of scikit-learn and scikit-image as JPEGs (quality 90).
-python - "$OUT/photos" <<'EOF'
-import sys
-from pathlib import Path
-from PIL import Image
-from model.samples import sample_photos
-out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
-for path in sample_photos():
-    Image.open(path).convert("RGB").save(out / (path.stem + ".jpg"), quality=90)
-print("payload:", ", ".join(sorted(p.name for p in out.iterdir())))
-EOF
+python -m benchmarks.sample_jpegs "$OUT/photos" || exit 1
 
 formats=mindir,onnx,onnx_int8
 [ -x "$LITE_PY" ] && formats="$formats,lite"

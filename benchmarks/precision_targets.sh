@@ -11,18 +11,12 @@
 #
 # Needs the openvino extra and a CPU with bf16 (AVX512_BF16 or AMX) for the bf16 rows.
 set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # python -m benchmarks.* from any directory
 OUT=${1:-precision-targets}
 REPO="$OUT/repo224"
 mkdir -p "$OUT"
-python - "$OUT/photos" <<'PY'
-import sys
-from pathlib import Path
-from PIL import Image
-from model.samples import sample_photos
-out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
-for path in sample_photos():
-    Image.open(path).convert("RGB").save(out / (path.stem + ".jpg"), quality=90)
-PY
+python -m benchmarks.sample_jpegs "$OUT/photos" || exit 1
 for arch in ddrnet23_slim ddrnet23; do
   [ -f "$REPO/$arch/1/model.json" ] && continue
   python -c "import mindspore as ms, model; ms.set_seed(0); ms.save_checkpoint(model.create_model('$arch', num_classes=1000), '$OUT/$arch.ckpt')"

@@ -13,7 +13,7 @@ start=$(date +%s.%N)
 stamp() { printf '%7.1f s  %s\n' "$(echo "$(date +%s.%N) - $start" | bc)" "$1"; }
 echo "uptime before: $(uptime)"
 # README line 1, verbatim, in its own process group so it can be stopped with everything it started.
-setsid bash -c 'python3.11 -m venv .venv && .venv/bin/pip install -e . && PATH=$PWD/.venv/bin:$PATH ddrnet quickstart' \
+setsid bash -c 'python3.11 -m venv .venv && .venv/bin/pip install -e ".[train]" && PATH=$PWD/.venv/bin:$PATH ddrnet quickstart' \
   > "$LOG" 2>&1 &
 pid=$!
 seen=""

@@ -108,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         return _run_server(args)
     if not args.config or not args.checkpoint:
         raise CliError("--config and --checkpoint are required (or --server ADDR --data DIR)")
+    from cli.main import require_extra
+
+    require_extra("eval", ("mindspore",), "train")  # a checkpoint runs in MindSpore
     from training.config import ConfigError, load_config
     from training.device import DeviceError, prepare_cpu_env
 

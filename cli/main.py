@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 
@@ -27,6 +28,34 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("cli.bench", "load-test a running server and compare with the raw runtime"),
     "quickstart": ("cli.quickstart", "build the digits demo model when missing, then serve it"),
 }
+
+
+# subcommand -> (modules it imports that only an extra installs, the extra): checked before the
+# subcommand's module is imported, so a serving install answers with the pip line, not a traceback.
+NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "train": (("mindspore",), "train"),
+    "export": (("mindspore", "onnx"), "train"),
+    "convert": (("mindspore",), "train"),
+    "data": (("sklearn",), "train"),
+    "quickstart": (("mindspore", "sklearn"), "train"),
+}
+
+
+def require_extra(command: str, modules: tuple[str, ...], extra: str) -> None:
+    """CliError naming the pip extra when one of ``modules`` is not installed in this Python."""
+    missing = [m for m in modules if not _installed(m)]
+    if missing:
+        raise CliError(
+            f"needs {', '.join(missing)}, which this install lacks (a serving install): "
+            f"pip install 'ddrnet-serve[{extra}]'"
+        )
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -61,7 +90,14 @@ def configure_logging(verbosity: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(_requested_command(argv)).parse_args(argv)
+    command = _requested_command(argv)
+    if command in NEEDS and not {"-h", "--help"} & set(argv):
+        try:
+            require_extra(command, *NEEDS[command])
+        except CliError as exc:
+            print(f"ddrnet {command}: error: {exc}", file=sys.stderr)
+            return 2
+    args = build_parser(command).parse_args(argv)
     configure_logging(args.verbose)
     try:
         return int(args._module.run(args) or 0)

@@ -122,8 +122,20 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         raise CliError(f"--config {args.config}: cannot read settings ({why})") from None
 
 
+def check_runtime_installed(runtime: str, runtime_python: object) -> None:
+    """CliError naming the pip extra when the chosen runtime's library is not in this install (the
+    workers run this Python unless --runtime-python names another)."""
+    from inference.runtimes import EXTRAS, RUNTIMES, is_installed
+
+    if runtime_python is None and runtime in RUNTIMES and not is_installed(runtime):
+        extra = f": pip install 'ddrnet-serve[{runtime}]'" if runtime in EXTRAS else ""
+        raise CliError(f"runtime {runtime!r} needs the {RUNTIMES[runtime][2]!r} package, which this "
+                       f"install lacks{extra}")
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    check_runtime_installed(settings.runtime, settings.runtime_python)
     from server.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_json)

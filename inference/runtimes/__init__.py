@@ -40,6 +40,8 @@ RUNTIMES = {
     "mindspore": ("inference.runtimes.mindspore_rt", "MindSporeRuntime", "mindspore"),
 }
 NAMES = ("auto", *RUNTIMES)
+# runtimes a pip extra of the project installs (lite comes from MindSpore's site or the 3.7 venv)
+EXTRAS = ("openvino", "mindspore")
 
 __all__ = [
     "NAMES",
@@ -106,7 +108,7 @@ def select_runtime(
     if requested not in RUNTIMES:
         raise ValueError(f"unknown runtime {requested!r}: expected one of {', '.join(NAMES)} or module:Class")
     if not is_installed(requested):
-        extra = f" (pip install 'ddrnet-serve[{requested}]')" if requested == "openvino" else ""
+        extra = f" (pip install 'ddrnet-serve[{requested}]')" if requested in EXTRAS else ""
         raise RuntimeUnavailableError(
             f"runtime {requested!r} needs the {RUNTIMES[requested][2]!r} package, "
             f"which is not installed in this Python{extra}"

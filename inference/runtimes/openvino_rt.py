@@ -11,7 +11,8 @@ Precision (the option ``precision``, see ``inference.precision``): ``fp32`` comp
 capabilities, a RuntimeUnavailableError otherwise (OpenVINO would quietly run float32); ``int8`` runs
 the version's ``model.int8.onnx`` (QDQ) with the float parts in f32. Placement: ``threads`` sets
 ``INFERENCE_NUM_THREADS``, ``streams`` (default 1: the server scales with instances, each a process)
-``NUM_STREAMS``; the latency hint keeps one request on all of the instance's threads.
+``NUM_STREAMS``; the latency hint keeps one request on all of the instance's threads; threads are not
+pinned to cores (OpenVINO's default pins every process from core 0, which stacks instances).
 
 Devices: ``cpu`` only. OpenVINO's own ``GPU`` is an Intel GPU, which this project's ``gpu`` (CUDA) does
 not mean: asking for another device is a RuntimeUnavailableError naming the runtimes that serve it.
@@ -113,6 +114,10 @@ class OpenVinoRuntime(Runtime):
             "INFERENCE_PRECISION_HINT": _HINTS[self.precision],
             "NUM_STREAMS": self.streams,
             "PERFORMANCE_HINT": "LATENCY",
+            # OpenVINO pins its threads to cores by default, each process from core 0: two 1-thread
+            # instances then share one core (measured, DDRNet-23 bf16 batch 8: 57 + 58 img/s pinned,
+            # 125 + 120 unpinned; one 2-thread instance 186 pinned, 211 unpinned).
+            "ENABLE_CPU_PINNING": False,
         }
         if self.threads is not None:
             config["INFERENCE_NUM_THREADS"] = self.threads

@@ -289,7 +289,8 @@ def test_classify_stream_answers_every_image_and_isolates_a_bad_one(server, phot
 def test_server_health_and_metadata(server):
     with HttpClient(server.http, model="tiny") as http, GrpcClient(server.grpc, model="tiny") as grpc_client:
         assert http.ready() and grpc_client.ready()
-        assert http.models() == [{"name": "tiny", "version": "1", "ready": True}]
+        assert http.models() == [{"name": "tiny", "version": "1", "ready": True, "runtime": "onnxruntime",
+                                  "device": "cpu", "precision": "fp32"}]
         for meta in (http.model_metadata(), grpc_client.model_metadata()):
             assert meta["versions"] == ["1"] and meta["platform"] == "onnxruntime"
             assert meta["outputs"][0]["shape"] == [-1, len(LABELS)]

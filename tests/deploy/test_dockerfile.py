@@ -75,7 +75,7 @@ def test_hadolint_gate_rejects_a_sloppy_dockerfile(tmp_path: Path) -> None:
     """The lint gate itself works: the usual mistakes in a copy of our Dockerfile are reported."""
     text = DOCKERFILE.read_text()
     sloppy = (
-        text.replace("FROM python:3.11.13-slim-bookworm AS runtime", "FROM python:latest AS runtime")
+        text.replace("FROM python:3.11.13-slim-bookworm AS serve", "FROM python:latest AS serve")
         .replace(" --no-install-recommends", "")
         .replace('RUN pip install --no-cache-dir ".', 'RUN cd /src && pip install --no-cache-dir ".')
     )
@@ -93,8 +93,11 @@ def test_hadolint_gate_rejects_a_sloppy_dockerfile(tmp_path: Path) -> None:
 
 def test_multi_stage_on_a_pinned_slim_python_311(stages: list[Stage]) -> None:
     assert len(stages) >= 2, "the Dockerfile must be multi-stage"
+    aliases: set[str] = set()
     for stage in stages:
-        assert PINNED_BASE.match(stage.image), f"base {stage.image} is not a pinned python:3.11.x-slim tag"
+        assert PINNED_BASE.match(stage.image) or stage.image in aliases, (
+            f"base {stage.image} is neither a pinned python:3.11.x-slim tag nor an earlier stage")
+        aliases.add(stage.alias or "")
     builder = stages[0]
     assert builder.alias, "the build stage needs a name for COPY --from"
     copies = [c.value for c in stages[-1].all("COPY") if c.value.startswith(f"--from={builder.alias} ")]
@@ -111,8 +114,29 @@ def test_builder_installs_the_project_with_pip_like_the_readme(stages: list[Stag
     assert re.search(r'pip install --no-cache-dir "\.\$\{EXTRAS:\+\[\$\{EXTRAS\}\]\}"', runs), runs
     args = {a.value.split("=", 1)[0] for a in builder.all("ARG")}
     assert {"EXTRAS", "LITE_WHEEL", "ONNXRUNTIME"} <= args
-    assert '"/context/${LITE_WHEEL}"' in runs and '"${ONNXRUNTIME}"' in runs
+    assert 'swap_runtimes "${ONNXRUNTIME}" "${LITE_WHEEL}"' in runs
+    swap = (REPO / "deploy" / "docker" / "swap_runtimes.sh").read_text()
+    assert '"/context/$LITE_WHEEL"' in swap and '"$ONNXRUNTIME"' in swap
     assert "ddrnet --help" in runs, "the builder must smoke-test the installed entry point"
+
+
+def test_two_targets_serve_by_default_and_train_on_request(stages: list[Stage]) -> None:
+    """The default (last) target is the serving image: its venv is the builder's serving install; the
+    train target adds the [train] extra (MindSpore) in its own builder and runs `ddrnet`."""
+    by_alias = {s.alias: s for s in stages}
+    assert stages[-1].alias == "serve" and "train" in by_alias and "train-builder" in by_alias
+    trainer = by_alias["train-builder"]
+    assert trainer.image == stages[0].alias
+    runs = " ".join(r.value for r in trainer.all("RUN"))
+    assert 'pip install --no-cache-dir ".[train${EXTRAS:+,${EXTRAS}}]"' in runs
+    assert {a.value.split("=", 1)[0] for a in trainer.all("ARG")} >= {"EXTRAS", "LITE_WHEEL", "ONNXRUNTIME"}
+    train = by_alias["train"]
+    assert [c.value for c in train.all("COPY")] == ["--from=train-builder /opt/venv /opt/venv"]
+    assert exec_form(train.last("ENTRYPOINT").value) == ["tini", "--", "ddrnet"]
+    assert train.last("USER").value == "10001:10001"
+    assert "libgomp1" in " ".join(r.value for r in train.all("RUN"))
+    # the serving image has no MindSpore, so no OpenMP runtime for it either
+    assert "libgomp1" not in " ".join(r.value for r in stages[-1].all("RUN"))
 
 
 def test_builder_copies_everything_pip_install_needs(stages: list[Stage]) -> None:

@@ -145,7 +145,7 @@ def test_opening_commands() -> None:
     steps1 = [s.strip() for s in first.split("&&")]
     steps2 = [s.strip() for s in second.split("&&")]
     assert steps1[0] == steps2[0] == "python3.11 -m venv .venv"
-    assert steps1[1] == ".venv/bin/pip install -e ."
+    assert steps1[1] == ".venv/bin/pip install -e '.[train]'"
     assert steps1[2] == "PATH=$PWD/.venv/bin:$PATH ddrnet quickstart"
     assert steps2[1] == ".venv/bin/pip install -e '.[dev]'"
     assert steps2[2] == "PATH=$PWD/.venv/bin:$PATH python -m pytest"
@@ -408,24 +408,31 @@ def _check_pip(argv: list[str]) -> None:
             Requirement(word)  # a valid requirement specifier
 
 
-def _check_docker(argv: list[str], built: set[str]) -> None:
-    from dockerfile_parse import DockerfileParser
+def _check_docker(argv: list[str], built: dict[str, str | None]) -> None:
+    """``built`` maps each tag a README `docker build -t` made to its ``--target`` (None: the default,
+    last stage); a `docker run` of it is parsed with that stage's entrypoint."""
+    from tests.support.deploy_facts import dockerfile_stages
 
-    parser = DockerfileParser(path=str(REPO / "Dockerfile"))
-    instructions = parser.structure
-    declared_args = {i["value"].split("=", 1)[0].strip() for i in instructions if i["instruction"] == "ARG"}
+    stages = dockerfile_stages()
+    declared_args = {a.value.split("=", 1)[0].strip() for s in stages for a in s.all("ARG")}
     if argv[1] == "build":
         assert argv[-1] == ".", "docker build's context is the repository root"
         words = argv[2:-1]
+        tag, target = None, None
         while words:
             option = words.pop(0)
-            assert option in ("-t", "--build-arg"), f"docker build option {option} is not known to this test"
+            assert option in ("-t", "--build-arg", "--target"), f"docker build option {option} is not known"
             value = words.pop(0)
             if option == "-t":
-                built.add(value)
+                tag = value
+            elif option == "--target":
+                assert value in {s.alias for s in stages}, f"--target {value}: no such stage"
+                target = value
             else:
                 name = value.split("=", 1)[0]
                 assert name in declared_args, f"--build-arg {name} is not an ARG of the Dockerfile"
+        assert tag, "docker build without -t"
+        built[tag] = target
         return
     assert argv[1] == "run", f"docker {argv[1]} is not known to this test"
     words = argv[2:]
@@ -438,9 +445,10 @@ def _check_docker(argv: list[str], built: set[str]) -> None:
     assert words, "docker run without an image"
     image, rest = words[0], words[1:]
     assert image in built, f"image {image} is not built by a `docker build -t` shown in the README"
-    entry = next(i["value"] for i in parser.structure if i["instruction"] == "ENTRYPOINT")
-    assert json.loads(entry) == ["tini", "--", "ddrnet", "serve"]
-    _parse_ddrnet(["serve", *rest])
+    stage = {s.alias: s for s in stages}[built[image]] if built[image] else stages[-1]
+    entry = json.loads(stage.last("ENTRYPOINT").value)
+    assert entry[:3] == ["tini", "--", "ddrnet"], entry
+    _parse_ddrnet([*entry[3:], *rest])
 
 
 def _check_kubectl(argv: list[str]) -> None:
@@ -462,7 +470,7 @@ PARSE_COMMANDS = _block_commands("parse")
 MSRUN_PROGRAMS = ("scripts/train_distributed.sh", "msrun")
 MSRUN_COMMANDS = [(b, c) for b, c in PARSE_COMMANDS if c.split()[0] in MSRUN_PROGRAMS]
 OTHER_COMMANDS = [item for item in PARSE_COMMANDS if item not in MSRUN_COMMANDS]
-DOCKER_BUILT: set[str] = set()
+DOCKER_BUILT: dict[str, str | None] = {}
 
 
 @pytest.mark.parametrize(("block", "command"), OTHER_COMMANDS, ids=_ids(OTHER_COMMANDS))

@@ -16,31 +16,12 @@ from cli.errors import CliError
 from inference.lite_tool import find_lite
 from model import manifest as mf
 from model import repository as repo
-from model.ms_device import use_device
 from model.preprocess_config import PreprocessConfig
 from model.samples import sample_photos
+from tests.export.conftest import IMAGE_SIZE, NUM_CLASSES
 from training.export import ExportError, ExportSpec, export_model
 from training.export.onnx_writer import make_batch_symbolic
 from training.export.verify import VERIFICATION_PHOTOS, compare, sample_batch
-
-NUM_CLASSES = 10
-IMAGE_SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A randomly initialised DDRNet-23-slim with 10 classes, saved as a MindSpore checkpoint."""
-    import mindspore as ms
-
-    import model
-
-    ms.set_context(mode=ms.GRAPH_MODE)
-    use_device("CPU", 0)
-    ms.set_seed(0)
-    net = model.create_model("ddrnet23_slim", num_classes=NUM_CLASSES)
-    path = tmp_path_factory.mktemp("ckpt") / "slim10.ckpt"
-    ms.save_checkpoint(net, str(path))
-    return path
 
 
 def _spec(checkpoint: Path, repository: Path, **kw) -> ExportSpec:
