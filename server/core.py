@@ -163,6 +163,7 @@ class DataPlane:
         self.preprocessor = preprocessor
         self.metrics = metrics
         self.offloader = offloader or Offloader(max(1, min(4, settings.preprocess_workers or 1)))
+        metrics.ready.set_function(lambda: 1.0 if self.ready() else 0.0)  # read at each scrape
         self.draining = False
         self.version = server_version()
 

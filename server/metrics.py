@@ -122,6 +122,10 @@ class ServerMetrics:
             "(restart_failed).",
             ["model", "reason"], namespace=ns, registry=reg,
         )
+        self.ready = Gauge(
+            "ready", "1 while the server is ready (its models loaded and warmed, not draining), else 0.",
+            namespace=ns, registry=reg,
+        )
         self.batch_retries_total = Counter(
             "batch_retries_total", "Batches run a second time because their worker died or hung.",
             ["model", "reason"], namespace=ns, registry=reg,
