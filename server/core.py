@@ -115,6 +115,7 @@ class ModelStatus:
     runtime: str = ""
     device: str = ""
     precision: str = "fp32"
+    settings: dict[str, Any] = field(default_factory=dict)  # what the model's config.yaml sets
 
 
 @dataclass
@@ -197,7 +198,8 @@ class DataPlane:
         """Every served model's status (readiness is false for all while draining)."""
         return [
             ModelStatus(name, served.current.version, served.ready and not self.draining,
-                        served.current.runtime, served.current.device, served.current.precision)
+                        served.current.runtime, served.current.device, served.current.precision,
+                        dict(served.current.overrides))
             for name, served in list(self.manager.models.items())
         ]
 
@@ -249,9 +251,11 @@ class DataPlane:
 
     # -- deadlines ---------------------------------------------------------------------------------
 
-    def deadline(self, client_timeout_s: float | None = None) -> float:
-        """``time.monotonic()`` deadline: the server's request timeout, or the client's when shorter."""
-        timeout = self.settings.request_timeout_ms / 1000.0
+    def deadline(self, client_timeout_s: float | None = None, model: str | None = None) -> float:
+        """``time.monotonic()`` deadline: the request timeout (the model's own when its config.yaml sets
+        one, else the server's), or the client's when shorter."""
+        settings = self.manager.settings_for(model) if model is not None else self.settings
+        timeout = settings.request_timeout_ms / 1000.0
         if client_timeout_s is not None and math.isfinite(client_timeout_s):
             timeout = min(timeout, max(0.0, client_timeout_s))
         return time.monotonic() + timeout
@@ -285,7 +289,7 @@ class DataPlane:
         served = self._admit(model, version)
         self._check_count(len(images))
         check_top_k(k, served.current.num_classes)
-        deadline = self.deadline(timeout_s)
+        deadline = self.deadline(timeout_s, model)
         with served.batcher.reserve(len(images), deadline=deadline) as reservation:
             call.version = reservation.version
             info = served.version(reservation.version)
@@ -363,7 +367,7 @@ class DataPlane:
         else:
             raise _invalid(f"model {model!r} has no input {inp.name!r}; send {accepted}")
         self._check_count(count)
-        deadline = self.deadline(timeout_s)
+        deadline = self.deadline(timeout_s, model)
         with served.batcher.reserve(count, deadline=deadline) as reservation:
             call.version = reservation.version
             info = served.version(reservation.version)

@@ -17,6 +17,9 @@ version's directory disappears while an older complete version remains, the mana
 one (deleting a bad version is how an operator rolls back); if the repository directory vanishes
 altogether, every model keeps serving what it has loaded.
 
+Per-model settings (``<repository>/<model>/config.yaml``, ``server.model_config``): every load and
+batcher of a model uses :meth:`ModelManager.settings_for`; a bad file refuses only that model.
+
 At start-up (:meth:`ModelManager.start`) a model whose complete versions all fail to load is a
 start-up error (a missing device, a broken runtime), raised as :class:`StartupError`. An empty
 repository is not: the server starts unready and picks models up when they are published.
@@ -48,6 +51,7 @@ from model.preprocess import EvalTransform
 from server.batcher import Batcher, BatcherConfig
 from server.errors import ErrorKind, ServingError
 from server.metrics import ServerMetrics
+from server.model_config import ModelConfigs
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -138,6 +142,7 @@ class ServedVersion:
     device: str
     load_seconds: float
     precision: str = "fp32"
+    overrides: dict[str, Any] = field(default_factory=dict)  # the model's config.yaml
 
     @property
     def labels(self) -> list[str]:
@@ -171,6 +176,7 @@ class ServedVersion:
             "runtime": self.runtime,
             "device": self.device,
             "precision": self.precision,
+            "settings": dict(self.overrides),
             "verified_precisions": precision_summary(self.manifest.verification),
             "instances": [instance.worker.describe() for instance in self.instances],
             "load_seconds": round(self.load_seconds, 3),
@@ -226,6 +232,7 @@ class ModelManager:
         self._reported: set[tuple[str, int, str]] = set()  # incomplete versions already logged
         self._warned: set[str] = set()
         self._restarts_seen: dict[tuple[int, str], int] = {}
+        self.configs = ModelConfigs(settings, self.repository, metrics)
         self._poll_task: asyncio.Task | None = None
         self._closing = False
 
@@ -256,6 +263,17 @@ class ModelManager:
                 reason="unknown_version",
             )
         return served
+
+    def settings_for(self, name: str) -> ServerSettings:
+        """The effective settings of model ``name``: the server's, with its ``config.yaml`` applied."""
+        return self.configs.settings_for(name)
+
+    def _runtime_for(self, name: str) -> str:
+        """The manager's runtime (a custom ``module:Class`` given by the operator or a test wins), else
+        the model's own setting."""
+        if self.runtime != self.settings.runtime:
+            return self.runtime
+        return self.settings_for(name).runtime
 
     def describe(self) -> list[dict[str, Any]]:
         return [m.current.describe() for m in self.models.values()]
@@ -349,6 +367,8 @@ class ModelManager:
         if wanted:
             names = [n for n in names if n in wanted]
         for name in names:
+            if not self.configs.refresh(name):
+                continue
             found = []
             for version in reversed(repo.list_versions(self.repository, name)):
                 vdir = repo.version_dir(self.repository, name, version)
@@ -386,8 +406,8 @@ class ModelManager:
     # -- loading -----------------------------------------------------------------------------------
 
     def _worker_instance(self, vdir: Path, manifest: ModelManifest, index: int) -> ManagedInstance:
-        s = self.settings
-        runtime, options = self.runtime, {"max_batch_size": s.max_batch_size}
+        s = self.settings_for(manifest.name)
+        runtime, options = self._runtime_for(manifest.name), {"max_batch_size": s.max_batch_size}
         if s.precision != "fp32":  # the worker's auto takes only runtimes the export verified it on
             options["precision"] = s.precision
         worker = WorkerInstance(
@@ -413,20 +433,21 @@ class ModelManager:
         vdir = repo.version_dir(self.repository, name, version)
         started = time.monotonic()
         log.info("model %s: loading version %d from %s", name, version, vdir)
+        settings, runtime = self.settings_for(name), self._runtime_for(name)
         try:
             transform = EvalTransform.for_manifest(manifest, self.settings.max_image_pixels)
         except ValueError as exc:
             raise self._load_failed(name, version, manifest, "invalid_preprocess", str(exc)) from None
         try:
-            verified = check_verified(manifest.verification, self.settings.precision, name, version)
+            verified = check_verified(manifest.verification, settings.precision, name, version)
         except PrecisionError as exc:
             raise self._load_failed(name, version, manifest, "unverified_precision", str(exc)) from None
-        explicit = self.runtime != "auto" and ":" not in self.runtime
-        if self.settings.precision != "fp32" and explicit and self.runtime not in verified:
-            message = (f"model {name} version {version} was verified for precision {self.settings.precision} "
-                       f"on {', '.join(verified)}, not on {self.runtime}")
+        explicit = runtime != "auto" and ":" not in runtime
+        if settings.precision != "fp32" and explicit and runtime not in verified:
+            message = (f"model {name} version {version} was verified for precision {settings.precision} "
+                       f"on {', '.join(verified)}, not on {runtime}")
             raise self._load_failed(name, version, manifest, "unverified_precision", message)
-        instances = [self._factory(vdir, manifest, i) for i in range(self.settings.instances or 1)]
+        instances = [self._factory(vdir, manifest, i) for i in range(settings.instances or 1)]
         try:
             results = await asyncio.gather(*(i.start() for i in instances), return_exceptions=True)
             failures = [r for r in results if isinstance(r, BaseException)]
@@ -447,9 +468,9 @@ class ModelManager:
         self.metrics.model_load_seconds.labels(name, str(version)).observe(seconds)
         served = ServedVersion(
             model=name, version=str(version), version_dir=vdir, manifest=manifest, transform=transform,
-            instances=instances, runtime=str(info.get("runtime") or self.runtime),
-            device=str(info.get("device") or self.settings.device), load_seconds=seconds,
-            precision=self.settings.precision,
+            instances=instances, runtime=str(info.get("runtime") or runtime),
+            device=str(info.get("device") or settings.device), load_seconds=seconds,
+            precision=settings.precision, overrides=self.configs.overrides_for(name),
         )
         log.info("model %s: version %d loaded and warmed in %.1f s (%s)", name, version, seconds, info)
         return served
@@ -462,8 +483,8 @@ class ModelManager:
         log.error("model %s version %d failed to load and will not be served: %s", name, version, message)
         return ServingError(ErrorKind.UNAVAILABLE, message, reason=reason)
 
-    def _batcher_config(self) -> BatcherConfig:
-        s = self.settings
+    def _batcher_config(self, name: str) -> BatcherConfig:
+        s = self.settings_for(name)
         return BatcherConfig(
             max_batch_size=s.max_batch_size,
             max_queue_delay_ms=s.max_queue_delay_ms,
@@ -480,7 +501,7 @@ class ModelManager:
             raise ServingError(ErrorKind.UNAVAILABLE, "server is shutting down")
         try:
             batcher = Batcher(
-                name, loaded.instances, version=loaded.version, config=self._batcher_config(),
+                name, loaded.instances, version=loaded.version, config=self._batcher_config(name),
                 metrics=self.metrics, item_shape=loaded.item_shape,
             )
         except Exception as exc:  # e.g. instances that disagree on fixed batch sizes
