@@ -43,7 +43,9 @@ from server.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "ddrnet-serve"
-EXTENSIONS = ("binary_tensor_data", "health", "metadata")
+EXTENSIONS = (
+    "binary_tensor_data", "health", "metadata", "model_repository", "model_repository(unload_dependents)",
+)
 CANCELLED_CODES = {"http": "499", "grpc": "CANCELLED"}  # client went away (nginx's 499)
 
 T = TypeVar("T")
@@ -208,8 +210,14 @@ class DataPlane:
         return not self.draining and self.manager.ready
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
-        """Whether ``name`` (at ``version``, when given) can take requests; NOT_FOUND when unknown."""
-        served = self.manager.get(name, version)
+        """Whether ``name`` (at ``version``, when given) can take requests: False for a model of the
+        repository that is not loaded (unloaded, or waiting for an explicit load), NOT_FOUND when unknown."""
+        try:
+            served = self.manager.get(name, version)
+        except ServingError as err:
+            if err.kind is ErrorKind.NOT_FOUND and version is None and self.manager.in_repository(name):
+                return False
+            raise
         return not self.draining and served.ready
 
     def server_metadata(self) -> dict[str, Any]:
@@ -248,6 +256,37 @@ class DataPlane:
         down, queue full), so a front end need not read a large request body first."""
         served = self._admit(model, version)
         served.batcher.reserve(1).release()  # QUEUE_FULL / UNAVAILABLE (and counted) when refused
+
+    # -- repository control (server.repository_control) -----------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """The repository extension's index: name, version, state, reason per model."""
+        return self.manager.index(ready_only)
+
+    async def load_model(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """Load (or reload) ``name``; refused unless ``--model-control explicit``."""
+        self._check_control("load", parameters, ())
+        await self.manager.load_model(name)
+
+    async def unload_model(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """Unload ``name`` after finishing what it accepted; refused unless ``--model-control explicit``.
+        ``unload_dependents`` is accepted (there are no ensembles to unload with it)."""
+        self._check_control("unload", parameters, ("unload_dependents",))
+        await self.manager.unload_model(name)
+
+    def _check_control(
+        self, what: str, parameters: Mapping[str, Any] | None, allowed: tuple[str, ...]
+    ) -> None:
+        if self.draining:
+            raise ServingError(ErrorKind.UNAVAILABLE, "server is shutting down", reason="shutting_down")
+        mode = self.settings.model_control
+        if mode != "explicit":
+            raise ServingError(ErrorKind.INVALID_ARGUMENT, f"explicit model {what} is not allowed with "
+                               f"--model-control {mode}: start the server with --model-control explicit")
+        unknown = sorted(set(parameters or {}) - set(allowed))
+        if unknown:
+            raise ServingError(ErrorKind.INVALID_ARGUMENT, f"{what} parameters {unknown} are not supported: "
+                               "a model's files and settings come from its repository directory")
 
     # -- deadlines ---------------------------------------------------------------------------------
 

@@ -211,6 +211,12 @@ def _classify_proto(result: ClassifyResult, request_id: str) -> classify_pb2.Cla
 # -- inference.GRPCInferenceService (OIP v2) ----------------------------------------------------------
 
 
+def _repository_parameters(parameters: Any) -> dict[str, Any]:
+    """A repository request's ``map<string, ModelRepositoryParameter>`` as plain values."""
+    return {key: getattr(value, value.WhichOneof("parameter_choice") or "bool_param")
+            for key, value in parameters.items()}
+
+
 class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: DataPlane) -> None:
         self.core = core
@@ -231,6 +237,26 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return grpc_service_pb2.ServerMetadataResponse(
             name=meta["name"], version=meta["version"], extensions=meta["extensions"]
         )
+
+    @rpc()
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.core.authorize(bearer_token(context))
+        entry = grpc_service_pb2.RepositoryIndexResponse.ModelIndex
+        return grpc_service_pb2.RepositoryIndexResponse(
+            models=[entry(**m) for m in self.core.repository_index(request.ready)]
+        )
+
+    @rpc()
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.core.authorize(bearer_token(context))
+        await self.core.load_model(request.model_name, _repository_parameters(request.parameters))
+        return grpc_service_pb2.RepositoryModelLoadResponse()
+
+    @rpc()
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.core.authorize(bearer_token(context))
+        await self.core.unload_model(request.model_name, _repository_parameters(request.parameters))
+        return grpc_service_pb2.RepositoryModelUnloadResponse()
 
     @rpc()
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

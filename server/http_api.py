@@ -51,6 +51,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from server import http_codec as codec
 from server.core import DataPlane
 from server.errors import ErrorKind, ServingError, from_exception, http_body, http_headers, http_status
+from server.http_repository import add_repository_routes
 from server.http_schemas import (
     CLASSIFY_BODY,
     ERROR_RESPONSES,
@@ -190,6 +191,8 @@ def create_app(core: DataPlane) -> FastAPI:
               **infer_doc)
     async def infer_version(request: Request, model: str, version: str) -> Response:
         return await infer(request, model, version)
+
+    add_repository_routes(app, core, auth)
 
     # -- metrics -------------------------------------------------------------------------------------
 

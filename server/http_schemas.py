@@ -133,3 +133,27 @@ INFER_BODY = {
         },
     }
 }
+
+
+# -- the repository extension (server.http_repository) ---------------------------------------------------
+
+
+class RepositoryIndexRequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ready: bool = Field(False, description="list only the models ready for inference")
+
+
+class RepositoryIndexEntryModel(BaseModel):
+    name: str
+    version: str = Field(description="the served version, else the newest in the repository")
+    state: str = Field(description="READY or UNAVAILABLE")
+    reason: str = Field(description="why it is not ready (the last load failure, 'unloaded', ...)")
+
+
+class RepositoryModelRequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="load: none supported (files and settings come from the repository); unload: "
+        "unload_dependents (accepted, nothing depends on a model here)",
+    )

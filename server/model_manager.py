@@ -41,8 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from inference.precision import PrecisionError, check_verified, precision_summary
 from inference.worker_client import WorkerInstance
 from model import repository as repo
@@ -50,15 +48,16 @@ from model.manifest import ModelManifest
 from model.preprocess import EvalTransform
 from server.batcher import Batcher, BatcherConfig
 from server.errors import ErrorKind, ServingError
+from server.instance import ManagedInstance
 from server.metrics import ServerMetrics
 from server.model_config import ModelConfigs
+from server.repository_control import RepositoryControl
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 IMAGES_INPUT = "images"  # the OIP v2 BYTES input of encoded images every model also takes
 WARMUP_ALL_SIZES_UP_TO = 16  # above this, warm powers of two and the maximum only
-READY_POLL_S = 0.05
 
 
 class StartupError(RuntimeError):
@@ -78,54 +77,6 @@ def warmup_batch_sizes(max_batch_size: int, preferred: Sequence[int]) -> list[in
         return list(range(1, max_batch_size + 1))
     sizes = {1 << i for i in range(max_batch_size.bit_length()) if (1 << i) <= max_batch_size}
     return sorted(sizes | {max_batch_size})
-
-
-class ManagedInstance:
-    """A :class:`~inference.worker_client.WorkerInstance` as the batcher's model instance.
-
-    While the worker is being restarted after a crash, :meth:`infer` waits (up to ``restart_wait_s``)
-    for it to come back instead of failing at once, so the batcher keeps the queued requests instead
-    of answering them all 503; only the batch in flight when the worker died fails.
-    """
-
-    def __init__(self, worker: WorkerInstance, restart_wait_s: float) -> None:
-        self.worker = worker
-        self.restart_wait_s = restart_wait_s
-        self.stopping = False
-
-    @property
-    def ready(self) -> bool:
-        return self.worker.ready
-
-    @property
-    def fixed_batch_sizes(self) -> list[int] | None:
-        return self.worker.fixed_batch_sizes
-
-    def batch_buffer(self, size: int, item_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return self.worker.batch_buffer(size, item_shape, dtype)
-
-    async def infer(self, batch: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        """Run ``batch``; while the worker restarts, wait for it until ``deadline`` (the earliest
-        deadline of the batch's requests, a ``time.monotonic()`` instant) or ``restart_wait_s``, whichever
-        comes first."""
-        if not self.worker.ready:
-            cap = time.monotonic() + self.restart_wait_s
-            deadline = cap if deadline is None else min(deadline, cap)
-            while not self.worker.ready:
-                if self.stopping or time.monotonic() >= deadline:
-                    raise ServingError(
-                        ErrorKind.UNAVAILABLE, f"instance {self.worker.name} is restarting",
-                        reason="not_ready",
-                    )
-                await asyncio.sleep(READY_POLL_S)
-        return await self.worker.infer(batch)
-
-    async def start(self) -> None:
-        await self.worker.start()
-
-    async def stop(self) -> None:
-        self.stopping = True
-        await self.worker.stop()
 
 
 @dataclass(eq=False)
@@ -204,7 +155,7 @@ class ServedModel:
 InstanceFactory = Callable[[Path, ModelManifest, int], ManagedInstance]
 
 
-class ModelManager:
+class ModelManager(RepositoryControl):
     """Serves the models of ``settings.model_repository``; see the module docstring.
 
     ``runtime`` overrides ``settings.runtime`` (a ``module:Class`` custom runtime, e.g. a test's fake
@@ -233,6 +184,8 @@ class ModelManager:
         self._warned: set[str] = set()
         self._restarts_seen: dict[tuple[int, str], int] = {}
         self.configs = ModelConfigs(settings, self.repository, metrics)
+        self._last_error: dict[str, str] = {}  # model -> why its last load failed (repository index)
+        self._control = asyncio.Lock()  # one explicit load/unload at a time
         self._poll_task: asyncio.Task | None = None
         self._closing = False
 
@@ -283,7 +236,8 @@ class ModelManager:
     async def start(self) -> None:
         """Load every model's newest complete version. Raises StartupError when a model has complete
         versions but none of them loads."""
-        scan = await asyncio.to_thread(self._scan)
+        explicit = self.settings.model_control == "explicit"  # only --models at start, the rest on request
+        scan = await asyncio.to_thread(self._scan, self.settings.models if explicit else None)
         for name, versions in scan.items():
             if not versions:
                 log.warning("model %s has no complete version yet", name)
@@ -305,7 +259,8 @@ class ModelManager:
 
     def start_polling(self) -> None:
         """Poll the repository every ``poll_interval_s`` in the background (nothing when 0)."""
-        if self.settings.poll_interval_s > 0 and self._poll_task is None:
+        polls = self.settings.model_control == "poll" and self.settings.poll_interval_s > 0
+        if polls and self._poll_task is None:
             self._poll_task = asyncio.get_running_loop().create_task(self._poll_loop())
 
     async def _poll_loop(self) -> None:
@@ -359,11 +314,12 @@ class ModelManager:
             self._load_failed(name, version, manifest, "load_error", f"{type(exc).__name__}: {exc}")
             return False
 
-    def _scan(self) -> dict[str, list[tuple[int, ModelManifest]]]:
-        """Complete, not-failed versions of each model, newest first (runs in a thread: hashing)."""
+    def _scan(self, only: Sequence[str] | None = None) -> dict[str, list[tuple[int, ModelManifest]]]:
+        """Complete, not-failed versions of each model (of ``only`` when given), newest first (runs in a
+        thread: hashing)."""
         out: dict[str, list[tuple[int, ModelManifest]]] = {}
         names = repo.list_models(self.repository)
-        wanted = self.settings.models
+        wanted = only if only is not None else self.settings.models
         if wanted:
             names = [n for n in names if n in wanted]
         for name in names:
@@ -479,6 +435,7 @@ class ModelManager:
         self, name: str, version: int, manifest: ModelManifest, reason: str, message: str
     ) -> ServingError:
         self._failed[self._key(name, version, manifest)] = message
+        self._last_error[name] = message
         self.metrics.model_load_failures_total.labels(name, reason).inc()
         log.error("model %s version %d failed to load and will not be served: %s", name, version, message)
         return ServingError(ErrorKind.UNAVAILABLE, message, reason=reason)
@@ -520,11 +477,14 @@ class ModelManager:
         if self._closing or not served.batcher.accepting:
             await self._stop_instances(loaded.instances)
             raise ServingError(ErrorKind.UNAVAILABLE, "server is shutting down")
+        previous_config = served.batcher.config
+        served.batcher.config = self._batcher_config(served.name)  # the model's config.yaml as it is now
         try:
             replacing = served.batcher.switch(
                 loaded.instances, version=loaded.version, item_shape=loaded.item_shape
             )
         except Exception as exc:
+            served.batcher.config = previous_config
             await self._stop_instances(loaded.instances)
             if isinstance(exc, ServingError) and exc.kind is ErrorKind.UNAVAILABLE:
                 raise  # shutting down: nothing wrong with the version
@@ -538,7 +498,8 @@ class ModelManager:
                  old.version, loaded.version)
         await replacing
         await self._stop_instances(old.instances)
-        served.versions.pop(old.version, None)
+        if served.versions.get(old.version) is old:  # a reload keeps the version's name for the new one
+            served.versions.pop(old.version, None)
         log.info("model %s: version %s stopped", served.name, old.version)
 
     @staticmethod

@@ -103,6 +103,12 @@ class ServerSettings(BaseSettings):
         "failing), so Kubernetes restarts the pod (0 = never)",
     )
     poll_interval_s: float = Field(5.0, ge=0, description="repository poll period (0 = never reload)")
+    model_control: Literal["poll", "explicit", "none"] = Field(
+        "poll",
+        description="poll: serve every model, pick up new versions by polling | none: serve every model, "
+        "never poll | explicit: serve --models at start, others on POST /v2/repository/models/{m}/load (gRPC "
+        "RepositoryModelLoad), unload likewise, no polling",
+    )
     shutdown_timeout_s: float = Field(30.0, ge=0, description="SIGTERM drain bound")
 
     auth_token: str | None = Field(None, description="bearer token required on inference endpoints")

@@ -451,6 +451,33 @@ def _check_docker(argv: list[str], built: dict[str, str | None]) -> None:
     _parse_ddrnet([*entry[3:], *rest])
 
 
+def _check_curl(argv: list[str]) -> None:
+    """A curl line shown without running it: its method and path are a route of the HTTP server."""
+    from urllib.parse import urlsplit
+
+    from starlette.routing import Route
+
+    from server.http_api import create_app
+
+    words, method = argv[1:], "GET"
+    urls = [w for w in words if w.startswith("http://")]
+    assert len(urls) == 1, f"curl needs one http:// URL: {argv}"
+    if "-X" in words:
+        method = words[words.index("-X") + 1]
+    path = urlsplit(urls[0]).path
+    app = create_app(_FakeCore())
+    routes = [r for r in app.routes if isinstance(r, Route)]
+    matches = [r for r in routes if r.path_regex.match(path) and method in r.methods]
+    assert matches, f"{method} {path} is not a route of the server"
+
+
+class _FakeCore:
+    """Just enough of a DataPlane for create_app to build its routes."""
+
+    version = "0"
+    metrics = None
+
+
 def _check_kubectl(argv: list[str]) -> None:
     assert argv[1] == "apply", f"kubectl {argv[1]} is not known to this test"
     words = argv[2:]
@@ -489,6 +516,8 @@ def test_parse_command(block, command, monkeypatch, tmp_path) -> None:
         _check_docker(argv, DOCKER_BUILT)
     elif program == "kubectl":
         _check_kubectl(argv)
+    elif program == "curl":
+        _check_curl(argv)
     elif program == "scripts/setup_lite_py37.sh":
         script = REPO / program
         assert os.access(script, os.X_OK), f"{program} is not executable"

@@ -291,7 +291,7 @@ def test_server_serves_only_verified_precisions(all_precisions, fp32_only, tmp_p
             shutil.copytree(fp32_only.parent, repository / "plain")
             failure = 'ddrnet_model_load_failures_total{model="plain",reason="unverified_precision"} 1.0'
             assert sf.wait_until(lambda: failure in httpx.get(f"{server.http_url}/metrics").text, 30)
-            assert httpx.get(f"{server.http_url}/v2/models/plain/ready").status_code == 404
+            assert httpx.get(f"{server.http_url}/v2/models/plain/ready").status_code == 503  # not ready
             assert client.classify(buf.getvalue(), model="slim", top_k=1).model_version == "1"
         log = server.log_tail()
         assert "model plain version 1 was not verified for precision bf16" in log

@@ -31,10 +31,10 @@ from model.preprocess import EvalTransform
 from protos import classify_pb2, classify_pb2_grpc
 from server.postprocess import softmax
 from tests.support import server_fixtures as sf
+from tests.support.triton_venv import triton_grpc_python
 
 pytestmark = pytest.mark.slow
 
-TRITON_VENV = sf.REPO_ROOT / ".cache" / "venv-tritongrpc"
 LITE_PYTHON = sf.REPO_ROOT / ".venv-lite37" / "bin" / "python"
 ATOL = 1e-4
 
@@ -231,26 +231,6 @@ except triton.InferenceServerException as exc:
     out["error"] = exc.status()
 print(json.dumps(out))
 """
-
-
-def triton_grpc_python() -> str:
-    """The Python of a venv with tritonclient[grpc] (needs protobuf < 7, which MindSpore's venv cannot
-    hold: ARCHITECTURE.md), built once under .cache/ from the package registry."""
-    python = TRITON_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import tritonclient.grpc, numpy"]
-    if python.exists() and subprocess.run(probe, capture_output=True, timeout=120).returncode == 0:
-        return str(python)
-    try:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(TRITON_VENV)], check=True,
-                       capture_output=True, timeout=300)
-        pip = [str(TRITON_VENV / "bin" / "pip"), "install", "-q", "tritonclient[grpc]>=2.40,<3", "numpy<2"]
-        install = subprocess.run(pip, capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"cannot build the tritonclient[grpc] venv at {TRITON_VENV}: {exc}")
-    if install.returncode != 0 or subprocess.run(probe, capture_output=True, timeout=120).returncode != 0:
-        pytest.skip(f"cannot install tritonclient[grpc] into {TRITON_VENV} (no package registry?): "
-                    f"{install.stderr[-500:]}")
-    return str(python)
 
 
 def test_tritonclient_grpc_from_its_own_venv(server, reference, tmp_path) -> None:

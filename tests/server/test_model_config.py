@@ -106,6 +106,17 @@ def test_settings_apply_to_their_model_only_and_a_bad_file_refuses_only_its_mode
             (repository / "broken" / "config.yaml").write_text("max_batch_size: 4\n")
             await manager.poll_once()
             assert manager.models["broken"].batcher.config.max_batch_size == 4
+            # an explicit load of a served model reloads it with its file as it is now (drain-free swap)
+            (repository / "tuned" / "config.yaml").write_text("max_batch_size: 3\n")
+            old = manager.models["tuned"].current
+            await manager.load_model("tuned")
+            reloaded = manager.models["tuned"]
+            assert reloaded.current is not old and reloaded.current.version == "1"
+            assert list(reloaded.versions) == ["1"] and reloaded.versions["1"] is reloaded.current
+            assert reloaded.batcher.config.max_batch_size == 3
+            assert reloaded.current.overrides == {"max_batch_size": 3}
+            results = await core.classify([sf.colour_image("green")] * 4, model="tuned", protocol="http")
+            assert [r[0].label for r in results.results] == ["green"] * 4
 
     asyncio.run(main())
 

@@ -360,7 +360,7 @@ class _RestartingWorker:
 def test_a_restarting_instance_waits_no_longer_than_the_batch_deadline_or_its_bound() -> None:
     import time
 
-    from server.model_manager import ManagedInstance
+    from server.instance import ManagedInstance
 
     async def waited(instance: ManagedInstance, deadline: float | None) -> float:
         started = time.monotonic()

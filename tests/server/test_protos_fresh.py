@@ -102,4 +102,11 @@ def test_oip_wire_numbers() -> None:
     assert numbers(pb.InferTensorContents)["bytes_contents"] == 8
     methods = {m.name for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods}
     assert methods == {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-                       "ModelInfer"}
+                       "ModelInfer", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload"}
+    # the repository extension, numbered as Triton's (tests/server/test_repository_control.py drives it)
+    assert numbers(pb.RepositoryIndexRequest) == {"repository_name": 1, "ready": 2}
+    index_entry = numbers(pb.RepositoryIndexResponse.ModelIndex)
+    assert index_entry == {"name": 1, "version": 2, "state": 3, "reason": 4}
+    assert numbers(pb.RepositoryModelLoadRequest) == {"repository_name": 1, "model_name": 2, "parameters": 3}
+    assert numbers(pb.ModelRepositoryParameter) == {"bool_param": 1, "int64_param": 2, "string_param": 3,
+                                                   "bytes_param": 4}
