@@ -85,7 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--num-classes", type=int, help="classifier outputs (default 1000, or the config's)")
     parser.add_argument("--labels", type=Path, help="label file: one class name per line, in class order")
-    parser.add_argument("--variant", choices=("zoo", "authors"), help="weight variant (default zoo)")
+    parser.add_argument("--variant", choices=("zoo", "authors"),
+                        help="weight variant (default: what the checkpoint holds: authors for "
+                        "`ddrnet convert` output, else zoo)")
     group = parser.add_argument_group("eval preprocessing recorded in model.json (default: the arch's)")
     group.add_argument("--image-size", type=int, help="input side, a multiple of 32 (default 224)")
     group.add_argument("--crop-pct", type=float, help="resize to int(image_size / crop_pct) (default 0.875)")

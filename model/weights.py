@@ -53,6 +53,33 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     return entries
 
 
+#: parameters only the ``authors`` variant has (the stem convolutions' biases of the authors' code)
+AUTHORS_ONLY = ("conv1.0.bias", "conv1.3.bias")
+
+
+def checkpoint_variant(path: str | os.PathLike[str]) -> str:
+    """The weight variant a checkpoint holds: ``authors`` when it has the authors' stem biases (what
+    ``ddrnet convert`` writes), else ``zoo``. Reads only those entries. WeightLoadError as
+    :func:`read_checkpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightLoadError(f"checkpoint not found: {path}")
+    fmt = "safetensors" if path.suffix == ".safetensors" else "ckpt"
+    first: list[str] = []
+
+    def wanted(name: str) -> bool:  # the two biases, and one entry so the result is never empty (an error)
+        if not first:
+            first.append(name)
+            return True
+        return name in AUTHORS_ONLY
+
+    try:
+        found = ms.load_checkpoint(str(path), format=fmt, choice_func=wanted)
+    except Exception as exc:  # MindSpore raises ValueError/RuntimeError/TypeError for bad files
+        raise WeightLoadError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from exc
+    return "authors" if any(name in found for name in AUTHORS_ONLY) else "zoo"
+
+
 def _matches(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p if p.endswith(".") else p + ".") for p in prefixes)
 

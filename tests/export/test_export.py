@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from model import manifest as mf
 from model import repository as repo
 from model.preprocess_config import PreprocessConfig
 from model.samples import sample_photos
+from model.weights import WeightLoadError, checkpoint_variant
 from tests.export.conftest import IMAGE_SIZE, NUM_CLASSES
 from training.export import ExportError, ExportSpec, export_model
 from training.export.onnx_writer import make_batch_symbolic
@@ -95,14 +97,26 @@ def test_authors_variant_checkpoint_exports(tmp_path):
     path = tmp_path / "authors.ckpt"
     net = model.create_model("ddrnet23_slim", num_classes=NUM_CLASSES, variant="authors")
     ms.save_checkpoint(net, str(path))
-    result = export_model(_spec(path, tmp_path / "repo", variant="authors", formats=("onnx",)))
+    # No --variant: the checkpoint says which it is (the authors' stem biases), as a converted .pth does.
+    assert checkpoint_variant(path) == "authors"
+    result = export_model(_spec(path, tmp_path / "repo", formats=("onnx",)))
     assert result.manifest.weight_variant == "authors"
     assert result.manifest.verification["onnx"]["max_abs_diff"] <= 1e-3
-    # The zoo network cannot take the authors' stem conv biases: refused, nothing published.
-    message = r"weights this network does not use: conv1\.0\.bias, conv1\.3\.bias"
+    # An explicit zoo variant cannot take the authors' stem conv biases: refused with the way out.
+    message = (r"weights this network does not use: conv1\.0\.bias, conv1\.3\.bias \(the authors' variant "
+               r"\(ddrnet convert writes it\): drop --variant or give --variant authors\)")
     with pytest.raises(ExportError, match=message):
         export_model(_spec(path, tmp_path / "repo2", variant="zoo", formats=("onnx",)))
     _nothing_published(tmp_path / "repo2")
+
+
+def test_a_zoo_checkpoint_is_detected_as_zoo(checkpoint, tmp_path):
+    assert checkpoint_variant(checkpoint) == "zoo"
+    with pytest.raises(WeightLoadError, match="checkpoint not found"):
+        checkpoint_variant(tmp_path / "missing.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ExportError, match="cannot read checkpoint"):
+        export_model(_spec(tmp_path / "junk.ckpt", tmp_path / "repo", formats=("onnx",)))
 
 
 @pytest.mark.slow
@@ -130,7 +144,7 @@ def test_corrupt_checkpoint_publishes_nothing(checkpoint, tmp_path):
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"this is not a checkpoint" * 100)
     for bad in (truncated, garbage):
-        with pytest.raises(ExportError, match=f"cannot load checkpoint {bad}"):
+        with pytest.raises(ExportError, match=f"cannot read checkpoint {re.escape(str(bad))}"):  # up front
             export_model(_spec(bad, tmp_path / "repo"))
         _nothing_published(tmp_path / "repo")
 

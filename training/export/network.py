@@ -41,9 +41,13 @@ def build_network(spec: ExportSpec) -> Any:
     stray = [n for n in ignored if n.split(".")[0] in modules and not is_drop_path_clock(n)]
     if stray:
         shown = ", ".join(stray[:6]) + (" ..." if len(stray) > 6 else "")
+        from model.weights import AUTHORS_ONLY
+
+        hint = ("the authors' variant (ddrnet convert writes it): drop --variant or give --variant authors"
+                if any(n in AUTHORS_ONLY for n in stray) else "another variant or architecture?")
         raise ExportError(
             f"cannot load checkpoint {spec.checkpoint} into {spec.arch} ({spec.variant} variant): it holds "
-            f"weights this network does not use: {shown} (another variant or architecture?)"
+            f"weights this network does not use: {shown} ({hint})"
         )
     net.set_train(False)
     return net

@@ -148,7 +148,7 @@ def build_spec(
         num_classes=num_classes or facts.num_classes or (len(labels) if labels else 1000),
         labels=labels,
         preprocess=config,
-        variant=variant or facts.variant or "zoo",
+        variant=variant or facts.variant,  # None: the checkpoint's own (training.export.spec)
         calibration_dir=calibration_dir or facts.calibration_dir,
         **rest,
     )

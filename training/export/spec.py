@@ -45,7 +45,7 @@ class ExportSpec:
     num_classes: int = 1000
     labels: list[str] | None = None
     preprocess: PreprocessConfig | dict[str, Any] | None = None
-    variant: str = "zoo"
+    variant: str | None = None  # None: what the checkpoint holds (model.weights.checkpoint_variant)
     version: int | None = None
     formats: tuple[str, ...] | None = None
     batch_sizes: tuple[int, ...] = ()
@@ -87,6 +87,14 @@ def check_spec(spec: ExportSpec) -> Checked:
         raise ExportError(f"checkpoint {spec.checkpoint} does not exist")
     if spec.arch not in ARCHS:
         raise ExportError(f"unknown architecture {spec.arch!r}: choose from {', '.join(sorted(ARCHS))}")
+    if spec.variant is None:
+        from model.weights import WeightLoadError, checkpoint_variant
+
+        try:
+            spec.variant = checkpoint_variant(spec.checkpoint)
+        except WeightLoadError as exc:
+            raise ExportError(str(exc)) from None
+        LOG.info("weight variant %s (what %s holds; --variant overrides)", spec.variant, spec.checkpoint.name)
     if spec.variant not in VARIANTS:
         raise ExportError(f"unknown weight variant {spec.variant!r}: choose from {', '.join(VARIANTS)}")
     if isinstance(spec.num_classes, bool) or not isinstance(spec.num_classes, int) or spec.num_classes < 1:
