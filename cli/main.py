@@ -25,8 +25,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("cli.data", "write demo data sets as ImageNet-style folders"),
     "serve": ("cli.serve", "serve a model repository over HTTP and gRPC"),
     "classify": ("cli.classify", "classify image files through a running server"),
+    "predict": ("cli.predict", "classify a folder of images offline, without a server"),
     "bench": ("cli.bench", "load-test a running server and compare with the raw runtime"),
     "quickstart": ("cli.quickstart", "build the digits demo model when missing, then serve it"),
+    "runs": ("cli.runs", "compare training runs: curves on one figure and a summary table"),
 }
 
 
@@ -38,6 +40,7 @@ NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
     "convert": (("mindspore",), "train"),
     "data": (("sklearn",), "train"),
     "quickstart": (("mindspore", "sklearn"), "train"),
+    "runs": (("matplotlib",), "train"),
 }
 
 

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+LOG_FILE = "log.jsonl"  # in the run directory
+
 
 class JsonlLog:
     """Append-only JSON-lines file (line-buffered, so a killed run keeps what it logged)."""

@@ -28,6 +28,7 @@ from typing import Any
 
 from training import checkpointing as ckpt
 from training.config import TrainConfig
+from training.curves import CURVES_FILE, draw, read_log
 from training.data import (
     BadImageLog,
     DataError,
@@ -38,14 +39,13 @@ from training.data import (
     train_dataset,
 )
 from training.distributed import DistInfo, any_rank, distribute_bn, gather_text, grad_reducer
-from training.progress import EpochProgress, JsonlLog, epoch_summary
+from training.progress import LOG_FILE, EpochProgress, JsonlLog, epoch_summary
 from training.run_info import RunInfo, write_run_info
 from training.schedules import build_lr_schedule, lr_changes, lr_scale, lr_settings, lr_value
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
-LOG_FILE = "log.jsonl"
 LABELS_FILE = "labels.txt"
 BAD_IMAGES_FILE = "bad_images.txt"
 
@@ -217,6 +217,14 @@ class Trainer:
             train_dir=str(Path(self.train_split.root).resolve()),
             stats=stats,
         )
+
+    def _draw_curves(self) -> None:
+        """Redraw ``curves.png`` from the log (rank 0, after each epoch); a plotting failure is a
+        warning, never the end of a training run."""
+        try:
+            draw([read_log(self.out)], self.out / CURVES_FILE, title=f"{self.cfg.arch}: {self.out.name}")
+        except Exception as exc:  # matplotlib missing or failing must not stop training
+            log.warning("could not draw %s: %s", CURVES_FILE, exc)
 
     def _write_run_json(self, status: str, **extra: Any) -> None:
         if self.dist.is_main:
@@ -424,6 +432,7 @@ class Trainer:
                                 img_per_s=round(progress.images_per_second, 2), seconds=round(seconds, 2),
                                 val=metrics, skipped_images=skipped)
                 self._write_run_json("running", last_val=metrics or last_metrics)
+                self._draw_curves()
         status = "finished" if self.state.epoch >= cfg.epochs else "stopped"
         self._write_run_json(status, last_val=metrics or last_metrics)
         self.jlog.write("finish", epoch=self.state.epoch, step=self.state.step,

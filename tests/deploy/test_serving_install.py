@@ -35,7 +35,8 @@ def test_the_blocker_makes_a_serving_install() -> None:
 
 
 def test_serving_modules_import_without_the_training_stack() -> None:
-    code = ("import sys, server.app, clients, ops.bench, ops.bench_raw, cli.serve, cli.bench, cli.classify\n"
+    code = ("import sys, server.app, clients, ops.bench, ops.bench_raw, ops.predict, cli.serve, cli.bench, "
+            "cli.classify, cli.predict\n"
             "heavy = [m for m in sys.modules if m.split('.')[0] in ('mindspore', 'sklearn', 'matplotlib', "
             "'onnx', 'training')]\n"
             "assert not heavy, heavy\n")
@@ -52,6 +53,7 @@ def test_serving_modules_import_without_the_training_stack() -> None:
         (["data", "digits", "out"], "needs sklearn"),
         (["quickstart"], "needs mindspore, sklearn"),
         (["eval", "--config", "c.yaml", "--checkpoint", "c.ckpt"], "needs mindspore"),
+        (["runs", "compare", "run"], "needs matplotlib"),
     ],
 )
 def test_training_commands_name_the_extra(argv: list[str], message: str) -> None:

@@ -62,6 +62,12 @@ def test_resume_continues_exactly_and_eval_matches(folder, tmp_path):
     worst = max(float(np.abs(a_params[k].asnumpy() - b_params[k].asnumpy()).max()) for k in a_params)
     assert worst < 1e-4, f"resumed weights differ from the uninterrupted run by {worst}"
     assert [e["step"] for e in _epochs(tmp_path / "b")] == [3, 6]
+    # each run keeps its curves, redrawn after every epoch (the resumed one across both starts)
+    for name in ("a", "b"):
+        assert (tmp_path / name / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    compared = _ok(ddrnet("runs", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--output",
+                          str(tmp_path / "compare.png")))
+    assert compared.stdout.splitlines()[1].split()[:2] == ["a", "2"] and (tmp_path / "compare.png").is_file()
 
     run = json.loads((tmp_path / "a" / "run.json").read_text())
     assert run["status"] == "finished" and run["arch"] == "ddrnet23_slim" and run["num_classes"] == 3
