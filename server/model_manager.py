@@ -185,6 +185,7 @@ class ModelManager(RepositoryControl):
         self._restarts_seen: dict[tuple[int, str], int] = {}
         self.configs = ModelConfigs(settings, self.repository, metrics)
         self._last_error: dict[str, str] = {}  # model -> why its last load failed (repository index)
+        self._repository_names: set[str] = set()  # model directories at the last scan
         self._control = asyncio.Lock()  # one explicit load/unload at a time
         self._poll_task: asyncio.Task | None = None
         self._closing = False
@@ -319,6 +320,7 @@ class ModelManager(RepositoryControl):
         thread: hashing)."""
         out: dict[str, list[tuple[int, ModelManifest]]] = {}
         names = repo.list_models(self.repository)
+        self._repository_names = set(names)  # what readiness answers from, without touching the disk
         wanted = only if only is not None else self.settings.models
         if wanted:
             names = [n for n in names if n in wanted]

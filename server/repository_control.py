@@ -34,16 +34,19 @@ class RepositoryControl:
     _control: asyncio.Lock
     _failed: dict[tuple[str, int, str], str]
     _last_error: dict[str, str]
+    _repository_names: set[str]
 
     def in_repository(self, name: str) -> bool:
-        """Whether the repository has a directory for model ``name``."""
-        return name in repo.list_models(self.repository)
+        """Whether the repository had a directory for model ``name`` at the last scan (a request never
+        makes the server list or open anything)."""
+        return name in self._repository_names
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Every model of the repository and every served one: its served (else newest) version, state
         ``READY`` or ``UNAVAILABLE`` and why."""
         out = []
-        for name in sorted(set(repo.list_models(self.repository)) | set(self.models)):
+        self._repository_names = set(repo.list_models(self.repository))
+        for name in sorted(self._repository_names | set(self.models)):
             served = self.models.get(name)
             if served is not None and served.ready:
                 out.append({"name": name, "version": served.current.version, "state": "READY", "reason": ""})

@@ -43,7 +43,7 @@ def test_two_workers_train_and_rank0_writes_one_checkpoint_set(tmp_path):
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["best.ckpt", "e0001-s00000003.ckpt", "e0002-s00000006.ckpt", "latest.ckpt"]
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoints", "config.yaml", "labels.txt", "log.jsonl", "run.json"]
+        "checkpoints", "config.yaml", "curves.png", "labels.txt", "log.jsonl", "run.json"]
     assert "done: 2/2 epochs" in worker_logs["worker_0.log"]
     assert "done:" not in worker_logs["worker_1.log"]  # only rank 0 reports
 
