@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from server.postprocess import DEFAULT_TOP_K, MAX_TOP_K
 
@@ -140,7 +140,7 @@ INFER_BODY = {
 
 class RepositoryIndexRequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ready: bool = Field(False, description="list only the models ready for inference")
+    ready: StrictBool = Field(False, description="list only the models ready for inference")
 
 
 class RepositoryIndexEntryModel(BaseModel):
