@@ -125,12 +125,13 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 def check_runtime_installed(runtime: str, runtime_python: object) -> None:
     """CliError naming the pip extra when the chosen runtime's library is not in this install (the
     workers run this Python unless --runtime-python names another)."""
-    from inference.runtimes import EXTRAS, RUNTIMES, is_installed
+    from inference.runtimes import RuntimeUnavailableError, check_installed
 
-    if runtime_python is None and runtime in RUNTIMES and not is_installed(runtime):
-        extra = f": pip install 'ddrnet-serve[{runtime}]'" if runtime in EXTRAS else ""
-        raise CliError(f"runtime {runtime!r} needs the {RUNTIMES[runtime][2]!r} package, which this "
-                       f"install lacks{extra}")
+    if runtime_python is None:
+        try:
+            check_installed(runtime)
+        except RuntimeUnavailableError as exc:
+            raise CliError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:

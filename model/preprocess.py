@@ -49,8 +49,10 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -131,6 +133,15 @@ ERROR_REASONS = {
 ImageInput = bytes | bytearray | memoryview | np.ndarray | Image.Image
 #: ``reserve(nbytes)``: a context manager that holds ``nbytes`` of a decode memory budget.
 Reserve = Callable[[int], AbstractContextManager]
+
+
+#: file suffixes taken as images when a folder is searched (int8 calibration, offline prediction)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def image_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Every image file under ``directory`` (recursively, class folders included), sorted."""
+    return sorted(p for p in Path(directory).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 class ImageError(ValueError):

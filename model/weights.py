@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import mindspore as ms
 import numpy as np
@@ -37,14 +38,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     Raises:
         WeightLoadError: the file is missing or is not a readable checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightLoadError(f"checkpoint not found: {path}")
-    fmt = "safetensors" if path.suffix == ".safetensors" else "ckpt"
-    try:
-        raw = ms.load_checkpoint(str(path), format=fmt)
-    except Exception as exc:  # MindSpore raises ValueError/RuntimeError/TypeError for bad files
-        raise WeightLoadError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from exc
+    raw = _load_raw(path)
     entries: dict[str, np.ndarray] = {}
     for name, value in raw.items():
         if isinstance(value, str):  # append_info strings saved beside the tensors
@@ -61,10 +55,6 @@ def checkpoint_variant(path: str | os.PathLike[str]) -> str:
     """The weight variant a checkpoint holds: ``authors`` when it has the authors' stem biases (what
     ``ddrnet convert`` writes), else ``zoo``. Reads only those entries. WeightLoadError as
     :func:`read_checkpoint`."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightLoadError(f"checkpoint not found: {path}")
-    fmt = "safetensors" if path.suffix == ".safetensors" else "ckpt"
     first: list[str] = []
 
     def wanted(name: str) -> bool:  # the two biases, and one entry so the result is never empty (an error)
@@ -73,11 +63,21 @@ def checkpoint_variant(path: str | os.PathLike[str]) -> str:
             return True
         return name in AUTHORS_ONLY
 
+    found = _load_raw(path, choice_func=wanted)
+    return "authors" if any(name in found for name in AUTHORS_ONLY) else "zoo"
+
+
+def _load_raw(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
+    """``mindspore.load_checkpoint`` of a ``.ckpt`` or ``.safetensors`` file (``options``: its keyword
+    arguments); WeightLoadError for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightLoadError(f"checkpoint not found: {path}")
+    fmt = "safetensors" if path.suffix == ".safetensors" else "ckpt"
     try:
-        found = ms.load_checkpoint(str(path), format=fmt, choice_func=wanted)
+        return ms.load_checkpoint(str(path), format=fmt, **options)
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError/TypeError for bad files
         raise WeightLoadError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from exc
-    return "authors" if any(name in found for name in AUTHORS_ONLY) else "zoo"
 
 
 def _matches(name: str, prefixes: tuple[str, ...]) -> bool:

@@ -28,9 +28,7 @@ from typing import Any
 import numpy as np
 
 from model import repository as repo
-from model.preprocess import EvalTransform, ImageError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+from model.preprocess import IMAGE_SUFFIXES, EvalTransform, ImageError, image_files
 
 
 class PredictError(ValueError):
@@ -59,7 +57,7 @@ def input_files(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = image_files(path)
             if not found:
                 raise PredictError(f"{path} holds no image ({', '.join(IMAGE_SUFFIXES)})")
             out.extend(found)

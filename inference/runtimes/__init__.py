@@ -50,6 +50,7 @@ __all__ = [
     "Runtime",
     "RuntimeUnavailableError",
     "auto_candidates",
+    "check_installed",
     "create_runtime",
     "is_installed",
     "select_runtime",
@@ -107,13 +108,19 @@ def select_runtime(
         return requested
     if requested not in RUNTIMES:
         raise ValueError(f"unknown runtime {requested!r}: expected one of {', '.join(NAMES)} or module:Class")
-    if not is_installed(requested):
-        extra = f" (pip install 'ddrnet-serve[{requested}]')" if requested in EXTRAS else ""
-        raise RuntimeUnavailableError(
-            f"runtime {requested!r} needs the {RUNTIMES[requested][2]!r} package, "
-            f"which is not installed in this Python{extra}"
-        )
+    check_installed(requested)
     return requested
+
+
+def check_installed(name: str) -> None:
+    """RuntimeUnavailableError naming the package (and the project's extra that installs it) when
+    runtime ``name``'s library is not installed in this Python; nothing for other names."""
+    if name in RUNTIMES and not is_installed(name):
+        extra = f" (pip install 'ddrnet-serve[{name}]')" if name in EXTRAS else ""
+        raise RuntimeUnavailableError(
+            f"runtime {name!r} needs the {RUNTIMES[name][2]!r} package, which is not installed in this "
+            f"Python{extra}"
+        )
 
 
 def create_runtime(name: str) -> Runtime:

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from model.preprocess import IMAGE_SUFFIXES, image_files
 from model.preprocess_config import PreprocessConfig
 
 LOG = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 DEFAULT_CALIBRATION_IMAGES = 64
 DEFAULT_MIN_AGREEMENT = 0.98
 QUANT_FORMATS = ("qoperator", "qdq")
@@ -34,13 +34,6 @@ QUANT_FORMATS = ("qoperator", "qdq")
 
 class QuantizationError(RuntimeError):
     """Calibration images missing/unreadable, or the quantiser failed."""
-
-
-def image_files(directory: Path) -> list[Path]:
-    """Every image file under ``directory`` (recursively, class folders included), sorted."""
-    return sorted(
-        p for p in Path(directory).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
 
 
 def calibration_paths(directory: Path, count: int) -> tuple[list[Path], list[Path]]:
