@@ -13,7 +13,8 @@
 #
 # Build arguments (all optional):
 #   EXTRAS            more pip extras of the project, comma separated: "openvino" (the bf16/int8 CPU
-#                     runtime), "mindspore" (serve with --runtime mindspore), "torch"
+#                     runtime), "otel" (OpenTelemetry tracing), "mindspore" (serve with --runtime
+#                     mindspore), "torch"
 #   LITE_WHEEL        path, inside the build context, of a MindSpore Lite wheel for the target
 #                     (cp311 build from MindSpore's download site: CPU, GPU or Ascend310); installed
 #                     into the same venv when set

@@ -18,7 +18,7 @@ from cli.errors import CliError
 
 # Help texts come from the field descriptions; these fields get a metavar that says what they take.
 _METAVARS = {"model_repository": "DIR", "runtime_python": "PYTHON", "tls_cert": "PEM", "tls_key": "PEM",
-             "auth_token": "TOKEN", "models": "NAME", "preferred_batch_sizes": "N"}
+             "auth_token": "TOKEN", "otel_endpoint": "URL", "models": "NAME", "preferred_batch_sizes": "N"}
 
 
 def _metavar(name: str, annotation: Any) -> str:
@@ -138,8 +138,13 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     check_runtime_installed(settings.runtime, settings.runtime_python)
     from server.logs import configure_logging
+    from server.tracing import tracing_config
 
-    configure_logging(settings.log_level, settings.log_json)
+    try:
+        tracing = tracing_config(settings.otel_endpoint, settings.otel_protocol)
+    except ValueError as exc:
+        raise CliError(f"tracing: {exc}") from None
+    configure_logging(settings.log_level, settings.log_json, trace_ids=tracing is not None)
     import asyncio
 
     from server.app import serve

@@ -60,6 +60,7 @@ class _GrpcBase:
         *,
         model: str | None = None,
         version: str | int | None = None,
+        label: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         token: str | None = None,
@@ -80,6 +81,7 @@ class _GrpcBase:
         self.target = target
         self.model = model
         self.version = None if version is None else str(version)
+        self.label = label or ""  # a version label (ClassifyRequest.version_label)
         self.timeout = timeout
         self.retry = retry if retry is not None else RetryPolicy()
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -120,7 +122,8 @@ class _GrpcBase:
         self, images: Sequence[bytes], top_k: int | None, model: str | None, version: Any
     ) -> classify_pb2.ClassifyRequest:
         name, chosen = self._names(model, version)
-        request = classify_pb2.ClassifyRequest(model_name=name, model_version=chosen, images=list(images))
+        request = classify_pb2.ClassifyRequest(model_name=name, model_version=chosen, images=list(images),
+                                               version_label="" if chosen else self.label)
         if top_k is not None:
             request.top_k = top_k
         return request

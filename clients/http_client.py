@@ -83,6 +83,7 @@ class _HttpBase:
         *,
         model: str | None = None,
         version: str | int | None = None,
+        label: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
         token: str | None = None,
@@ -96,6 +97,7 @@ class _HttpBase:
         self.base_url = base_url(server, tls=tls)
         self.model = model
         self.version = None if version is None else str(version)
+        self.label = label or None  # a version label: classify goes to /v1/models/{m}/labels/{label}/classify
         self.timeout = timeout
         self.retry = retry if retry is not None else RetryPolicy()
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -114,6 +116,8 @@ class _HttpBase:
         path = f"/{prefix}/models/{quote(name, safe='')}"
         if chosen:
             path += f"/versions/{quote(chosen, safe='')}"
+        elif self.label and action == "classify":
+            path += f"/labels/{quote(self.label, safe='')}"
         return f"{path}/{action}"
 
     @staticmethod

@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/classify.proto\x12\tddrnet.v1\"v\n\x0f\x43lassifyRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06images\x18\x03 \x03(\x0c\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\n\n\x02id\x18\x05 \x01(\tB\x08\n\x06_top_k\"9\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\"9\n\x0bImageResult\x12*\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x15.ddrnet.v1.Prediction\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x94\x01\n\x10\x43lassifyResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\'\n\x07results\x18\x03 \x03(\x0b\x32\x16.ddrnet.v1.ImageResult\x12\n\n\x02id\x18\x04 \x01(\t\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x11.ddrnet.v1.Status2\xa2\x01\n\x08\x43lassify\x12\x45\n\x08\x43lassify\x12\x1a.ddrnet.v1.ClassifyRequest\x1a\x1b.ddrnet.v1.ClassifyResponse\"\x00\x12O\n\x0e\x43lassifyStream\x12\x1a.ddrnet.v1.ClassifyRequest\x1a\x1b.ddrnet.v1.ClassifyResponse\"\x00(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/classify.proto\x12\tddrnet.v1\"\x8d\x01\n\x0f\x43lassifyRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06images\x18\x03 \x03(\x0c\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\n\n\x02id\x18\x05 \x01(\t\x12\x15\n\rversion_label\x18\x06 \x01(\tB\x08\n\x06_top_k\"9\n\nPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\"9\n\x0bImageResult\x12*\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x15.ddrnet.v1.Prediction\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x94\x01\n\x10\x43lassifyResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\'\n\x07results\x18\x03 \x03(\x0b\x32\x16.ddrnet.v1.ImageResult\x12\n\n\x02id\x18\x04 \x01(\t\x12 \n\x05\x65rror\x18\x05 \x01(\x0b\x32\x11.ddrnet.v1.Status2\xa2\x01\n\x08\x43lassify\x12\x45\n\x08\x43lassify\x12\x1a.ddrnet.v1.ClassifyRequest\x1a\x1b.ddrnet.v1.ClassifyResponse\"\x00\x12O\n\x0e\x43lassifyStream\x12\x1a.ddrnet.v1.ClassifyRequest\x1a\x1b.ddrnet.v1.ClassifyResponse\"\x00(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.classify_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLASSIFYREQUEST']._serialized_start=36
-  _globals['_CLASSIFYREQUEST']._serialized_end=154
-  _globals['_PREDICTION']._serialized_start=156
-  _globals['_PREDICTION']._serialized_end=213
-  _globals['_IMAGERESULT']._serialized_start=215
-  _globals['_IMAGERESULT']._serialized_end=272
-  _globals['_STATUS']._serialized_start=274
-  _globals['_STATUS']._serialized_end=313
-  _globals['_CLASSIFYRESPONSE']._serialized_start=316
-  _globals['_CLASSIFYRESPONSE']._serialized_end=464
-  _globals['_CLASSIFY']._serialized_start=467
-  _globals['_CLASSIFY']._serialized_end=629
+  _globals['_CLASSIFYREQUEST']._serialized_start=37
+  _globals['_CLASSIFYREQUEST']._serialized_end=178
+  _globals['_PREDICTION']._serialized_start=180
+  _globals['_PREDICTION']._serialized_end=237
+  _globals['_IMAGERESULT']._serialized_start=239
+  _globals['_IMAGERESULT']._serialized_end=296
+  _globals['_STATUS']._serialized_start=298
+  _globals['_STATUS']._serialized_end=337
+  _globals['_CLASSIFYRESPONSE']._serialized_start=340
+  _globals['_CLASSIFYRESPONSE']._serialized_end=488
+  _globals['_CLASSIFY']._serialized_start=491
+  _globals['_CLASSIFY']._serialized_end=653
 # @@protoc_insertion_point(module_scope)

@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("model_name", "model_version", "images", "top_k", "id")
+    __slots__ = ("model_name", "model_version", "images", "top_k", "id", "version_label")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_LABEL_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     images: _containers.RepeatedScalarFieldContainer[bytes]
     top_k: int
     id: str
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., top_k: _Optional[int] = ..., id: _Optional[str] = ...) -> None: ...
+    version_label: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., top_k: _Optional[int] = ..., id: _Optional[str] = ..., version_label: _Optional[str] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("label", "index", "score")

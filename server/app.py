@@ -39,6 +39,7 @@ from server.metrics import ServerMetrics
 from server.model_manager import ModelManager, StartupError
 from server.preprocessing import Preprocessor
 from server.settings import ServerSettings
+from server.tracing import Tracing, TracingUnavailableError, tracing_config
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,15 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _start_tracing(settings: ServerSettings) -> Tracing | None:
+    """The server's tracer provider when tracing is configured (server.tracing), else None."""
+    try:
+        config = tracing_config(settings.otel_endpoint, settings.otel_protocol)
+        return Tracing.start(config) if config is not None else None
+    except (ValueError, TracingUnavailableError) as exc:
+        raise StartupError(f"tracing: {exc}") from None
+
+
 async def serve(
     settings: ServerSettings,
     *,
@@ -113,10 +123,12 @@ async def serve(
     _warn_on_pure_python_protobuf()
     for path in shm.remove_stale():
         log.warning("removed shared memory left by a server that is gone: %s", path)
+    tracing = _start_tracing(settings)
     metrics = ServerMetrics(process_collectors=True)
-    manager = ModelManager(settings, metrics, runtime=runtime, extra_pythonpath=extra_pythonpath)
+    manager = ModelManager(settings, metrics, runtime=runtime, extra_pythonpath=extra_pythonpath,
+                           tracing=tracing)
     preprocessor = Preprocessor(settings.preprocess_workers or 1, settings.max_decode_memory_bytes)
-    core = DataPlane(settings, manager, preprocessor, metrics)
+    core = DataPlane(settings, manager, preprocessor, metrics, tracing=tracing)
     health = HealthReporter(core)
 
     loop = asyncio.get_running_loop()
@@ -147,7 +159,7 @@ async def serve(
     config = uvicorn.Config(
         create_app(core),
         log_config=None,
-        access_log=settings.log_level == "debug",
+        access_log=settings.access_log or settings.log_level == "debug",
         lifespan="off",
         server_header=False,
         timeout_graceful_shutdown=int(FRONT_END_GRACE_S),
@@ -225,6 +237,8 @@ async def serve(
             await asyncio.wait_for(http_task, FRONT_END_GRACE_S + 5)
         preprocessor.close()
         core.close()
+        if tracing is not None:  # flush the spans still buffered (bounded by the exporter's timeout)
+            await asyncio.to_thread(tracing.shutdown)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     print("ddrnet serve: stopped", file=out, flush=True)

@@ -51,10 +51,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server import batch_assembly
+from server import batch_assembly, tracing
 from server.errors import ErrorKind, ServingError
 from server.instance import ModelInstance, fixed_batch_sizes
 from server.metrics import ServerMetrics
+from server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ class _Item:
     enqueued: float
     key: int
     timer: asyncio.TimerHandle | None = None
+    trace: object | None = None  # the request's trace context (tracing on, span sampled)
+    enqueued_ns: int = 0  # wall clock, for the queue span
 
 
 def _cancel_reason(item: _Item, now: float) -> str:
@@ -243,8 +246,10 @@ class Batcher:
         config: BatcherConfig | None = None,
         metrics: ServerMetrics | None = None,
         item_shape: Sequence[int] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.model = model
+        self._tracing = tracing
         self.config = config or BatcherConfig()
         self._metrics = metrics
         self._dtype = np.dtype(self.config.dtype)
@@ -396,8 +401,11 @@ class Batcher:
         gen.item_shape = tuple(shape)
         loop = asyncio.get_running_loop()
         futures = []
+        trace = self._tracing.current() if self._tracing is not None else None
+        enqueued_ns = tracing.now_ns() if trace is not None else 0
         for array in arrays:
-            item = _Item(array, loop.create_future(), reservation.deadline, now, next(self._keys))
+            item = _Item(array, loop.create_future(), reservation.deadline, now, next(self._keys), None,
+                         trace, enqueued_ns)
             if math.isfinite(item.deadline):
                 item.timer = loop.call_later(item.deadline - now, self._expire, gen, item.key)
             item.future.add_done_callback(lambda fut, gen=gen, key=item.key: self._on_done(gen, key, fut))
@@ -577,6 +585,9 @@ class Batcher:
     async def _run_batch(self, gen: _Generation, instance: ModelInstance, batch: list[_Item]) -> None:
         count = len(batch)
         size = batch_assembly.padded_size(count, gen.allowed_sizes)
+        traced = self._tracing is not None and any(item.trace is not None for item in batch)
+        started_ns = tracing.now_ns() if traced else 0
+        failure: str | None = None
         try:
             try:
                 outputs, elapsed = await self._infer_once(gen, instance, batch, size)
@@ -603,9 +614,11 @@ class Batcher:
             raise
         except ServingError as err:
             log.warning("model %s version %s: batch of %d failed: %s", self.model, gen.version, count, err)
+            failure = str(err)
             self._fail(batch, err)
         except Exception as exc:
             log.exception("model %s version %s: batch of %d failed", self.model, gen.version, count)
+            failure = f"{type(exc).__name__}: {exc}"
             self._fail(
                 batch,
                 ServingError(
@@ -623,6 +636,8 @@ class Batcher:
             gen.running.discard(asyncio.current_task())
             gen.idle.append(instance)
             gen.wake.set()
+            if traced:
+                self._trace_batch(gen, instance, batch, size, started_ns, failure)
 
     def _fail(self, batch: list[_Item], err: ServingError) -> None:
         for item in batch:  # one exception object per request: each gets its own traceback
@@ -646,6 +661,21 @@ class Batcher:
         gen.aborted = True  # open reservations' infer() now fails with UNAVAILABLE
         gen.wake.set()
 
+    def _trace_batch(self, gen: _Generation, instance: ModelInstance, batch: list[_Item], size: int,
+                     started_ns: int, failure: str | None) -> None:
+        parents: dict[int, tuple[object, int]] = {}  # one entry per request (its items share a context)
+        for item in batch:
+            if item.trace is not None:
+                parents.setdefault(id(item.trace), (item.trace, item.enqueued_ns))
+        attributes = {
+            "ddrnet.model": self.model, "ddrnet.version": gen.version, "ddrnet.batch_size": len(batch),
+            "ddrnet.padded_batch_size": size, "ddrnet.instance": str(getattr(instance, "name", "")),
+            "ddrnet.runtime": str(getattr(instance, "runtime", "")),
+        }
+        assert self._tracing is not None
+        self._tracing.record_batch(list(parents.values()), dispatched_ns=started_ns, started_ns=started_ns,
+                                   ended_ns=tracing.now_ns(), attributes=attributes, error=failure)
+
     # -- metrics ----------------------------------------------------------------------------------
 
     def _record_batch(self, gen: _Generation, count: int, size: int, elapsed: float) -> None:
@@ -662,7 +692,7 @@ class Batcher:
 
     def _update_depth(self) -> None:
         if self._metrics is not None:
-            self._metrics.queue_depth.labels(self.model).set(self.queue_depth)
+            self._metrics.set_queue_depth(self.model, self, self.queue_depth)
 
     def _count_retry(self, reason: str) -> None:
         if self._metrics is not None:

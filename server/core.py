@@ -34,11 +34,13 @@ import numpy as np
 
 from server.errors import ErrorKind, ServingError, from_exception
 from server.metrics import UNKNOWN_MODEL, ServerMetrics, code_label
-from server.model_manager import IMAGES_INPUT, ModelManager, ServedModel, ServedVersion
+from server.model_manager import IMAGES_INPUT, ModelManager
 from server.offload import Offloader
 from server.postprocess import Prediction, check_top_k, top_k
 from server.preprocessing import Preprocessor
+from server.served import Lane, ServedVersion
 from server.settings import ServerSettings
+from server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ SERVER_NAME = "ddrnet-serve"
 EXTENSIONS = (
     "binary_tensor_data", "health", "metadata", "model_repository", "model_repository(unload_dependents)",
 )
+LABEL_PARAMETER = "version_label"  # OIP request parameter naming a version label
 CANCELLED_CODES = {"http": "499", "grpc": "CANCELLED"}  # client went away (nginx's 499)
 
 T = TypeVar("T")
@@ -118,6 +121,9 @@ class ModelStatus:
     device: str = ""
     precision: str = "fp32"
     settings: dict[str, Any] = field(default_factory=dict)  # what the model's config.yaml sets
+    versions: list[str] = field(default_factory=list)  # every served version, newest first
+    version_labels: dict[str, str] = field(default_factory=dict)  # label -> version
+    traffic_split: dict[str, float] = field(default_factory=dict)  # label -> weight (unpinned requests)
 
 
 @dataclass
@@ -160,8 +166,10 @@ class DataPlane:
         preprocessor: Preprocessor,
         metrics: ServerMetrics,
         offloader: Offloader | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.manager = manager
         self.preprocessor = preprocessor
         self.metrics = metrics
@@ -201,8 +209,10 @@ class DataPlane:
         return [
             ModelStatus(name, served.current.version, served.ready and not self.draining,
                         served.current.runtime, served.current.device, served.current.precision,
-                        dict(served.current.overrides))
-            for name, served in list(self.manager.models.items())
+                        dict(served.current.overrides), served.served_versions,
+                        {k: str(v) for k, v in served.policy.labels.items()},
+                        dict(served.policy.traffic))
+            for name, served in list(self.manager.models.items()) if served.lanes
         ]
 
     def ready(self) -> bool:
@@ -228,7 +238,7 @@ class DataPlane:
         cur = served.current
         return ModelMetadata(
             name=name,
-            versions=[cur.version],
+            versions=self.manager.models[name].served_versions,
             platform=cur.runtime,
             inputs=[
                 TensorMetadata(cur.input_name, "FP32", [-1, *cur.item_shape]),
@@ -251,10 +261,10 @@ class DataPlane:
         """Stop accepting: readiness turns false, new requests get UNAVAILABLE."""
         self.draining = True
 
-    def precheck(self, model: str, version: str | None = None) -> None:
-        """Refuse early what would be refused anyway (unknown model or version, not ready, shutting
-        down, queue full), so a front end need not read a large request body first."""
-        served = self._admit(model, version)
+    def precheck(self, model: str, version: str | None = None, label: str | None = None) -> None:
+        """Refuse early what would be refused anyway (unknown model, version or label, not ready,
+        shutting down, queue full), so a front end need not read a large request body first."""
+        served = self._admit(model, version, label)
         served.batcher.reserve(1).release()  # QUEUE_FULL / UNAVAILABLE (and counted) when refused
 
     # -- repository control (server.repository_control) -----------------------------------------
@@ -310,10 +320,13 @@ class DataPlane:
         top_k: int | None = None,
         timeout_s: float | None = None,
         protocol: str,
+        label: str | None = None,
     ) -> ClassifyResult:
-        """Top-k predictions for encoded ``images`` with model ``model`` (and ``version``, if given)."""
+        """Top-k predictions for encoded ``images`` with model ``model`` (at ``version`` or version
+        ``label``, if given; else as its traffic split or newest version)."""
         return await self._accounted(
-            model, protocol, lambda call: self._classify(call, images, model, version, top_k, timeout_s)
+            model, protocol,
+            lambda call: self._classify(call, images, model, version, label, top_k, timeout_s),
         )
 
     async def _classify(
@@ -322,15 +335,17 @@ class DataPlane:
         images: Sequence[bytes],
         model: str,
         version: str | None,
+        label: str | None,
         k: int | None,
         timeout_s: float | None,
     ) -> ClassifyResult:
-        served = self._admit(model, version)
+        served = self._admit(model, version, label)
         self._check_count(len(images))
         check_top_k(k, served.current.num_classes)
         deadline = self.deadline(timeout_s, model)
         with served.batcher.reserve(len(images), deadline=deadline) as reservation:
             call.version = reservation.version
+            self._annotate(model, reservation.version, len(images))
             info = served.version(reservation.version)
             arrays = await self._preprocess(info, images, deadline)
             result = await reservation.infer(list(arrays))
@@ -382,7 +397,7 @@ class DataPlane:
         oip_timeout = _oip_timeout(parameters)
         if oip_timeout is not None:
             timeout_s = oip_timeout if timeout_s is None else min(timeout_s, oip_timeout)
-        served = self._admit(model, version)
+        served = self._admit(model, version, _oip_label(parameters))
         cur = served.current
         tensor_hint = f"'{cur.input_name}' (FP32 {[-1, *cur.item_shape]})"
         accepted = f"{tensor_hint} or '{IMAGES_INPUT}' (BYTES [-1] of encoded images)"
@@ -409,6 +424,7 @@ class DataPlane:
         deadline = self.deadline(timeout_s, model)
         with served.batcher.reserve(count, deadline=deadline) as reservation:
             call.version = reservation.version
+            self._annotate(model, reservation.version, count)
             info = served.version(reservation.version)
             if inp.name == IMAGES_INPUT:
                 arrays = await self._preprocess(info, images, deadline)
@@ -426,7 +442,7 @@ class DataPlane:
 
     # -- shared steps --------------------------------------------------------------------------------
 
-    def _admit(self, model: str, version: str | None) -> ServedModel:
+    def _admit(self, model: str, version: str | None, label: str | None = None) -> Lane:
         if self.draining:
             self._reject(model, "shutting_down")
             raise ServingError(ErrorKind.UNAVAILABLE, "server is shutting down", reason="shutting_down")
@@ -435,7 +451,7 @@ class DataPlane:
             raise ServingError(
                 ErrorKind.UNAVAILABLE, "server is starting: models are being loaded", reason="not_ready"
             )
-        return self.manager.get(model, version)
+        return self.manager.get(model, version, label)
 
     def _check_count(self, count: int) -> None:
         if count < 1:
@@ -448,9 +464,17 @@ class DataPlane:
                 reason="too_many_images",
             )
 
+    def _annotate(self, model: str, version: str, count: int) -> None:
+        if self.tracing is not None:
+            self.tracing.annotate({"ddrnet.model": model, "ddrnet.version": version, "ddrnet.images": count})
+
     async def _preprocess(self, info: ServedVersion, images: Sequence[bytes], deadline: float) -> np.ndarray:
         started = time.monotonic()
-        arrays = await self.preprocessor.run(info.transform, images, deadline)
+        if self.tracing is None:
+            arrays = await self.preprocessor.run(info.transform, images, deadline)
+        else:
+            with self.tracing.span("preprocess", {"ddrnet.images": len(images)}):
+                arrays = await self.preprocessor.run(info.transform, images, deadline)
         self.metrics.preprocess_duration.labels(info.model, info.version).observe(time.monotonic() - started)
         return arrays
 
@@ -502,6 +526,16 @@ class DataPlane:
 
 def _invalid(message: str) -> ServingError:
     return ServingError(ErrorKind.INVALID_ARGUMENT, message)
+
+
+def _oip_label(parameters: Mapping[str, Any]) -> str | None:
+    """The request's ``version_label`` parameter (the version label to run, ``server.versions``)."""
+    label = parameters.get(LABEL_PARAMETER)
+    if label is None:
+        return None
+    if not isinstance(label, str) or not label:
+        raise _invalid(f"parameter '{LABEL_PARAMETER}' must be a non-empty string (a version label)")
+    return label
 
 
 def _oip_timeout(parameters: Mapping[str, Any]) -> float | None:

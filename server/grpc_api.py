@@ -127,6 +127,7 @@ class ClassifyServicer(classify_pb2_grpc.ClassifyServicer):
             list(request.images),
             model=request.model_name,
             version=request.model_version or None,
+            label=request.version_label or None,
             top_k=request.top_k if request.HasField("top_k") else None,
             timeout_s=context.time_remaining(),
             protocol="grpc",
@@ -441,7 +442,9 @@ def create_server(core: DataPlane, health: HealthReporter) -> tuple[grpc.aio.Ser
     settings = core.settings
     limit = settings.max_request_bytes
     server = grpc.aio.server(
-        interceptors=[MalformedRequestGuard()],
+        # The tracing interceptor first: its server span covers the guard's refusals too.
+        interceptors=[*([core.tracing.grpc_interceptor()] if core.tracing is not None else []),
+                      MalformedRequestGuard()],
         # Calls beyond this are refused with RESOURCE_EXHAUSTED before a handler runs: the memory of the
         # calls in progress (each up to max_request_bytes) stays bounded whatever clients send.
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,

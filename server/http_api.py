@@ -3,7 +3,8 @@ calls and back with the body codec (``server.http_codec``) and the schemas (``se
 
 Routes (OpenAPI docs at ``/docs``, schema at ``/openapi.json``):
 
-- ``POST /v1/models/{model}/classify`` and ``/v1/models/{model}/versions/{version}/classify``: images
+- ``POST /v1/models/{model}/classify``, ``/v1/models/{model}/versions/{version}/classify`` and
+  ``/v1/models/{model}/labels/{label}/classify`` (a version label, ``server.versions``): images
   as the raw body (``Content-Type: image/*`` or ``application/octet-stream``), as multipart file parts
   (one or many; any field name; an optional ``top_k`` form field), or as JSON
   ``{"images": ["<base64>", ...], "top_k": 5}``; ``?top_k=`` works for every form (a body value wins).
@@ -80,19 +81,24 @@ def create_app(core: DataPlane) -> FastAPI:
     )
     app.state.core = core
     _install_error_handlers(app)
+    if core.tracing is not None:
+        core.tracing.instrument_http(app)
     auth = [Depends(_inference_call)]
 
     # -- classify ----------------------------------------------------------------------------------
 
-    async def classify(request: Request, model: str, version: str | None, top_k: int | None) -> Response:
-        core.precheck(model, version)  # before reading a body that would be refused anyway
+    async def classify(
+        request: Request, model: str, version: str | None, top_k: int | None, label: str | None = None
+    ) -> Response:
+        core.precheck(model, version, label)  # before reading a body that would be refused anyway
         images, body_top_k = await codec.classify_inputs(request, core)
         timeout_s = codec.header_timeout(request)
         k = body_top_k if body_top_k is not None else top_k
         result = await _until_disconnect(
             request,
             core.classify(
-                images, model=model, version=version, top_k=k, timeout_s=timeout_s, protocol="http"
+                images, model=model, version=version, top_k=k, timeout_s=timeout_s, protocol="http",
+                label=label,
             ),
         )
         if result is None:
@@ -118,6 +124,13 @@ def create_app(core: DataPlane) -> FastAPI:
         request: Request, model: str, version: str, top_k: int | None = top_k_query
     ) -> Response:
         return await classify(request, model, version, top_k)
+
+    @app.post("/v1/models/{model}/labels/{label}/classify", summary="Classify images (a version label)",
+              **classify_doc)
+    async def classify_label(
+        request: Request, model: str, label: str, top_k: int | None = top_k_query
+    ) -> Response:
+        return await classify(request, model, None, top_k, label)
 
     @app.get("/v1/models", summary="Served models", tags=["classify"])
     async def list_models() -> dict[str, Any]:

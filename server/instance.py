@@ -72,6 +72,15 @@ class ManagedInstance:
         return self.worker.ready
 
     @property
+    def name(self) -> str:
+        return self.worker.name
+
+    @property
+    def runtime(self) -> str:
+        """The runtime the worker loaded (empty before its first start)."""
+        return str(self.worker.describe().get("runtime") or "")
+
+    @property
     def fixed_batch_sizes(self) -> list[int] | None:
         return self.worker.fixed_batch_sizes
 

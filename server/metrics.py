@@ -14,7 +14,7 @@ Label conventions: ``model`` is a served model name, never a name taken unchecke
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from prometheus_client import (
@@ -55,7 +55,8 @@ class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, process_collectors: bool = False):
         self.registry = registry if registry is not None else CollectorRegistry()
         reg, ns = self.registry, NAMESPACE
-        self._serving: dict[str, tuple[str, str, str, str]] = {}  # model -> its model_info labels
+        self._serving: dict[str, list[tuple[str, str, str, str]]] = {}  # model -> its model_info labels
+        self._queues: dict[str, dict[int, int]] = {}  # model -> id(batcher) -> images queued
         if process_collectors:
             ProcessCollector(registry=reg)
             PlatformCollector(registry=reg)
@@ -148,19 +149,28 @@ class ServerMetrics:
         finally:
             gauge.dec()
 
-    def set_serving(self, model: str, version: str, runtime: str, device: str) -> None:
-        """Mark ``version`` as the one ``model`` serves (clears the model's other ``model_info`` series)."""
-        previous = self._serving.pop(model, None)
-        if previous is not None:
-            self.model_info.remove(*previous)
-        self._serving[model] = (model, version, runtime, device)
-        self.model_info.labels(model, version, runtime, device).set(1)
+    def set_serving(self, model: str, versions: Sequence[tuple[str, str, str]]) -> None:
+        """Mark ``versions`` ((version, runtime, device) each) as those ``model`` serves, clearing the
+        model's other ``model_info`` series."""
+        self.clear_serving(model)
+        self._serving[model] = [(model, *entry) for entry in versions]
+        for labels in self._serving[model]:
+            self.model_info.labels(*labels).set(1)
 
     def clear_serving(self, model: str) -> None:
         """Remove ``model``'s ``model_info`` series (the model is no longer served)."""
-        previous = self._serving.pop(model, None)
-        if previous is not None:
-            self.model_info.remove(*previous)
+        for labels in self._serving.pop(model, []):
+            self.model_info.remove(*labels)
+
+    def set_queue_depth(self, model: str, queue: object, depth: int) -> None:
+        """One of ``model``'s queues (a batcher per served version) holds ``depth`` images; the gauge is
+        their sum. ``depth`` < 0 forgets the queue (its version is no longer served)."""
+        queues = self._queues.setdefault(model, {})
+        if depth < 0:
+            queues.pop(id(queue), None)
+        else:
+            queues[id(queue)] = depth
+        self.queue_depth.labels(model).set(sum(queues.values()))
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition of this registry and its content type (for ``/metrics``)."""

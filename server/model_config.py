@@ -17,8 +17,10 @@ only ``threads_per_instance``) re-derives the other from the cores, as the optio
 means no overrides. A file that is not a mapping, names another key, holds a bad value or exceeds
 :data:`MAX_BYTES` is a :class:`ModelConfigError` naming the file and the key; the model manager then
 refuses that model (log line, ``ddrnet_model_load_failures_total{reason="invalid_config"}``) and
-serves the others. The file is read when the model's versions are scanned: a changed file applies
-when a version of the model is next loaded (a new version, or a restart).
+serves the others. The version policy, labels and traffic split (``server.versions``) are set in the
+same file. The file is read when the model's versions are scanned: the versions, labels and split
+apply at once; the other settings when a version of the model is next loaded (a new version, an
+explicit load, or a restart).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from pydantic import ValidationError
 
 from server.metrics import ServerMetrics
 from server.settings import ServerSettings
+from server.versions import KEYS as VERSION_KEYS
+from server.versions import VersionPolicy
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +74,19 @@ def read_overrides(model_dir: Path) -> tuple[dict[str, Any], str]:
         return {}, stamp
     if not isinstance(data, dict):
         raise ModelConfigError(f"{path}: must be a mapping of setting: value, got {type(data).__name__}")
-    unknown = sorted(str(k) for k in data if k not in OVERRIDABLE)
+    unknown = sorted(str(k) for k in data if k not in OVERRIDABLE and k not in VERSION_KEYS)
     if unknown:
         raise ModelConfigError(f"{path}: {', '.join(unknown)} cannot be set per model (settable: "
-                               f"{', '.join(OVERRIDABLE)})")
+                               f"{', '.join(OVERRIDABLE + VERSION_KEYS)})")
     return dict(data), stamp
+
+
+def version_policy(overrides: dict[str, Any], where: str = CONFIG_NAME) -> VersionPolicy:
+    """The versions, labels and traffic split the file sets; ModelConfigError naming the problem."""
+    try:
+        return VersionPolicy.from_config(overrides)
+    except ValueError as exc:
+        raise ModelConfigError(f"{where}: {exc}") from None
 
 
 def effective_settings(
@@ -85,7 +97,7 @@ def effective_settings(
     if not overrides:
         return base
     data = base.model_dump()
-    data.update(overrides)
+    data.update({k: v for k, v in overrides.items() if k not in VERSION_KEYS})
     for key, other in _PAIRED.items():
         if key in overrides and other not in overrides:
             data[other] = None  # re-derived from the cores for the new value, as the options do
@@ -107,11 +119,16 @@ class ModelConfigs:
         self.metrics = metrics
         # model -> (config.yaml stamp, effective settings, what the file sets)
         self._known: dict[str, tuple[str, ServerSettings, dict[str, Any]]] = {}
+        self._policies: dict[str, VersionPolicy] = {}
         self._reported: set[tuple[str, str]] = set()  # (model, error) already logged and counted
 
     def settings_for(self, name: str) -> ServerSettings:
         entry = self._known.get(name)
         return entry[1] if entry else self.settings
+
+    def policy_for(self, name: str) -> VersionPolicy:
+        """The model's version policy, labels and traffic split (default: the newest version)."""
+        return self._policies.get(name) or VersionPolicy()
 
     def overrides_for(self, name: str) -> dict[str, Any]:
         entry = self._known.get(name)
@@ -128,6 +145,7 @@ class ModelConfigs:
             if known is not None and known[0] == stamp:
                 return True
             merged = effective_settings(self.settings, overrides, str(model_dir / CONFIG_NAME))
+            policy = version_policy(overrides, str(model_dir / CONFIG_NAME))
         except ModelConfigError as exc:
             if (name, str(exc)) not in self._reported:
                 self._reported.add((name, str(exc)))
@@ -138,4 +156,5 @@ class ModelConfigs:
         if overrides:
             log.info("model %s: settings from %s: %s", name, CONFIG_NAME, overrides)
         self._known[name] = (stamp, merged, overrides)
+        self._policies[name] = policy
         return True

@@ -37,11 +37,10 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference.precision import PrecisionError, check_verified, precision_summary
+from inference.precision import PrecisionError, check_verified
 from inference.worker_client import WorkerInstance
 from model import repository as repo
 from model.manifest import ModelManifest
@@ -52,7 +51,9 @@ from server.instance import ManagedInstance
 from server.metrics import ServerMetrics
 from server.model_config import ModelConfigs
 from server.repository_control import RepositoryControl
+from server.served import Lane, ServedModel, ServedVersion
 from server.settings import ServerSettings
+from server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -79,79 +80,6 @@ def warmup_batch_sizes(max_batch_size: int, preferred: Sequence[int]) -> list[in
     return sorted(sizes | {max_batch_size})
 
 
-@dataclass(eq=False)
-class ServedVersion:
-    """One loaded version of a model: manifest, transform and warmed instances."""
-
-    model: str
-    version: str
-    version_dir: Path
-    manifest: ModelManifest
-    transform: EvalTransform
-    instances: list[ManagedInstance]
-    runtime: str
-    device: str
-    load_seconds: float
-    precision: str = "fp32"
-    overrides: dict[str, Any] = field(default_factory=dict)  # the model's config.yaml
-
-    @property
-    def labels(self) -> list[str]:
-        return self.manifest.labels
-
-    @property
-    def num_classes(self) -> int:
-        return self.manifest.num_classes
-
-    @property
-    def item_shape(self) -> tuple[int, ...]:
-        return tuple(self.manifest.input.shape[1:])
-
-    @property
-    def input_name(self) -> str:
-        return self.manifest.input.name
-
-    @property
-    def output_name(self) -> str:
-        return self.manifest.output.name
-
-    @property
-    def ready(self) -> bool:
-        return any(instance.ready for instance in self.instances)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "version": self.version,
-            "arch": self.manifest.arch,
-            "runtime": self.runtime,
-            "device": self.device,
-            "precision": self.precision,
-            "settings": dict(self.overrides),
-            "verified_precisions": precision_summary(self.manifest.verification),
-            "instances": [instance.worker.describe() for instance in self.instances],
-            "load_seconds": round(self.load_seconds, 3),
-        }
-
-
-@dataclass(eq=False)
-class ServedModel:
-    """A model being served: its batcher, the version new requests go to, and versions still draining."""
-
-    name: str
-    batcher: Batcher
-    current: ServedVersion
-    versions: dict[str, ServedVersion] = field(default_factory=dict)
-
-    @property
-    def ready(self) -> bool:
-        return self.current.ready and self.batcher.accepting
-
-    def version(self, version: str) -> ServedVersion:
-        """The loaded version named ``version`` (the one a reservation was made for)."""
-        return self.versions[version]
-
-
 InstanceFactory = Callable[[Path, ModelManifest, int], ManagedInstance]
 
 
@@ -170,9 +98,11 @@ class ModelManager(RepositoryControl):
         runtime: str | None = None,
         extra_pythonpath: Sequence[str] = (),
         instance_factory: InstanceFactory | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.tracing = tracing
         self.runtime = runtime or settings.runtime
         self.extra_pythonpath = list(extra_pythonpath)
         self.repository = Path(settings.model_repository)
@@ -203,20 +133,14 @@ class ModelManager(RepositoryControl):
     def has(self, name: str) -> bool:
         return name in self.models
 
-    def get(self, name: str, version: str | None = None) -> ServedModel:
-        """The served model ``name``; ServingError NOT_FOUND for an unknown model, or for a version
-        other than the one being served."""
+    def get(self, name: str, version: str | None = None, label: str | None = None) -> Lane:
+        """The lane of model ``name`` that takes a request naming ``version`` and/or ``label`` (or
+        neither: the traffic split, else the newest served version); ServingError NOT_FOUND for an
+        unknown model, version or label."""
         served = self.models.get(name)
-        if served is None:
+        if served is None or not served.lanes:
             raise ServingError(ErrorKind.NOT_FOUND, f"unknown model {name!r}", reason="unknown_model")
-        if version not in (None, "") and version != served.current.version:
-            raise ServingError(
-                ErrorKind.NOT_FOUND,
-                f"model {name!r} has no version {version!r} being served (serving version "
-                f"{served.current.version})",
-                reason="unknown_version",
-            )
-        return served
+        return served.route(version, label)
 
     def settings_for(self, name: str) -> ServerSettings:
         """The effective settings of model ``name``: the server's, with its ``config.yaml`` applied."""
@@ -230,27 +154,21 @@ class ModelManager(RepositoryControl):
         return self.settings_for(name).runtime
 
     def describe(self) -> list[dict[str, Any]]:
-        return [m.current.describe() for m in self.models.values()]
+        return [lane.current.describe() for m in self.models.values() for lane in m.lanes.values()]
 
     # -- start-up ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load every model's newest complete version. Raises StartupError when a model has complete
-        versions but none of them loads."""
+        """Load the versions each model's policy wants (the newest complete one by default). Raises
+        StartupError when a model has complete versions but none of them loads."""
         explicit = self.settings.model_control == "explicit"  # only --models at start, the rest on request
         scan = await asyncio.to_thread(self._scan, self.settings.models if explicit else None)
         for name, versions in scan.items():
             if not versions:
                 log.warning("model %s has no complete version yet", name)
                 continue
-            errors: list[str] = []
-            for version, manifest in versions:
-                try:
-                    await self._serve_new_model(name, version, manifest)
-                    break
-                except ServingError as err:
-                    errors.append(f"version {version}: {err.message}")
-            else:
+            errors = await self._serve_versions(name, versions)
+            if name not in self.models:
                 raise StartupError(f"model {name!r} could not be loaded: {errors[0]}")
         if not self.models:
             log.warning("model repository %s has no servable model yet", self.repository)
@@ -275,45 +193,56 @@ class ModelManager(RepositoryControl):
                 log.exception("repository poll failed; serving continues")
 
     async def poll_once(self) -> None:
-        """Look at the repository once: load new models, hot-swap changed ones."""
+        """Look at the repository once: load new models and versions, retire versions no longer wanted."""
         scan = await asyncio.to_thread(self._scan)
         for name in self.models:
             if name not in scan and name not in self._warned:
                 self._warned.add(name)
                 log.warning("model %s is gone from %s; still serving version %s",
-                            name, self.repository, self.models[name].current.version)
+                            name, self.repository, ", ".join(self.models[name].served_versions))
         for name, versions in scan.items():
             if self._closing:
                 return
             self._warned.discard(name)
-            served = self.models.get(name)
-            if served is None:
-                for version, manifest in versions:
-                    attempt = self._serve_new_model(name, version, manifest)
-                    if await self._attempt(name, version, manifest, attempt):
-                        break
-                continue
-            if not versions:
-                continue
-            version, manifest = versions[0]
-            if str(version) != served.current.version:
-                await self._attempt(name, version, manifest, self._swap(served, version, manifest))
+            if versions:
+                await self._serve_versions(name, versions)
 
-    async def _attempt(self, name: str, version: int, manifest: ModelManifest, work: Any) -> bool:
-        """Await a load or swap; any failure is already logged, counted and remembered (so the version is
-        not retried until its files change), and the model keeps serving what it served. True when it
-        succeeded."""
-        try:
-            await work
-            return True
-        except asyncio.CancelledError:
-            raise
-        except ServingError:
-            return False
-        except Exception as exc:  # a bug, not a broken version: still never half-applied, never a loop
-            log.exception("model %s version %d: load failed unexpectedly", name, version)
-            self._load_failed(name, version, manifest, "load_error", f"{type(exc).__name__}: {exc}")
-            return False
+    async def _serve_versions(self, name: str, versions: list[tuple[int, ModelManifest]]) -> list[str]:
+        """Make model ``name`` serve what its policy wants of ``versions`` (complete, newest first): load
+        the versions it lacks (one that fails is logged, counted, remembered, and an older one takes its
+        place), then, once a wanted version serves, retire the others after they finish their work.
+        Returns the load errors. A model keeps serving what it has when nothing wanted loads."""
+        manifests = dict(versions)
+        failed: set[int] = set()
+        errors: list[str] = []
+        while not self._closing:
+            policy = self.configs.policy_for(name)
+            wanted = policy.select([v for v in manifests if v not in failed])
+            served = self.models.get(name)
+            if served is not None:
+                served.policy = policy
+            missing = [v for v in wanted if served is None or str(v) not in served.lanes]
+            if not missing:
+                break
+            version = missing[0]
+            try:
+                await self._add_lane(name, version, manifests[version])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a ServingError is logged already; a bug is still never half-applied
+                if not isinstance(exc, ServingError):
+                    log.exception("model %s version %d: load failed unexpectedly", name, version)
+                    why = f"{type(exc).__name__}: {exc}"
+                    exc = self._load_failed(name, version, manifests[version], "load_error", why)
+                failed.add(version)
+                errors.append(f"version {version}: {exc.message}")
+        served = self.models.get(name)
+        if served is not None and not self._closing:
+            wanted_now = {str(v) for v in served.policy.select([v for v in manifests if v not in failed])}
+            if wanted_now & set(served.lanes):
+                for version in [v for v in served.lanes if v not in wanted_now]:
+                    await self._retire(served, version)
+        return errors
 
     def _scan(self, only: Sequence[str] | None = None) -> dict[str, list[tuple[int, ModelManifest]]]:
         """Complete, not-failed versions of each model (of ``only`` when given), newest first (runs in a
@@ -453,7 +382,8 @@ class ModelManager(RepositoryControl):
             default_timeout_s=s.request_timeout_ms / 1000.0,
         )
 
-    async def _serve_new_model(self, name: str, version: int, manifest: ModelManifest) -> None:
+    async def _add_lane(self, name: str, version: int, manifest: ModelManifest) -> None:
+        """Load ``version`` of model ``name`` with a batcher of its own and start routing to it."""
         loaded = await self._load_version(name, version, manifest)
         if self._closing:
             await self._stop_instances(loaded.instances)
@@ -461,48 +391,68 @@ class ModelManager(RepositoryControl):
         try:
             batcher = Batcher(
                 name, loaded.instances, version=loaded.version, config=self._batcher_config(name),
-                metrics=self.metrics, item_shape=loaded.item_shape,
+                metrics=self.metrics, item_shape=loaded.item_shape, tracing=self.tracing,
             )
         except Exception as exc:  # e.g. instances that disagree on fixed batch sizes
             await self._stop_instances(loaded.instances)
             why = f"{type(exc).__name__}: {exc}"
             raise self._load_failed(name, version, manifest, "load_error", why) from None
-        self.models[name] = ServedModel(name, batcher, loaded, {loaded.version: loaded})
-        self.metrics.set_serving(name, loaded.version, loaded.runtime, loaded.device)
-        log.info("model %s: serving version %s", name, loaded.version)
+        served = self.models.setdefault(name, ServedModel(name, policy=self.configs.policy_for(name)))
+        served.lanes[loaded.version] = Lane(batcher, loaded, {loaded.version: loaded})
+        self._publish(served)
+        log.info("model %s: serving version %s (versions served: %s)", name, loaded.version,
+                 ", ".join(served.served_versions))
 
-    async def _swap(self, served: ServedModel, version: int, manifest: ModelManifest) -> None:
-        """Hot swap ``served`` to ``version``: load + warm, switch, drain and stop the old instances.
-        Atomic: until the batcher has switched, any failure stops the new instances and leaves the old
-        version serving, and the metadata names the version the batcher runs."""
+    async def _retire(self, served: ServedModel, version: str) -> None:
+        """Stop routing to ``version``, let it finish what it accepted, stop its workers."""
+        lane = served.lanes.pop(version)
+        served.retiring.append(lane)
+        self._publish(served)
+        log.info("model %s: version %s is no longer wanted; draining it (serving %s)", served.name, version,
+                 ", ".join(served.served_versions))
+        try:
+            await lane.batcher.drain(None)  # every request has a deadline: the drain ends
+            await self._stop_instances([i for v in lane.versions.values() for i in v.instances])
+        finally:
+            served.retiring.remove(lane)
+            self.metrics.set_queue_depth(served.name, lane.batcher, -1)
+        log.info("model %s: version %s stopped", served.name, version)
+
+    def _publish(self, served: ServedModel) -> None:
+        versions = [lane.current for lane in served.lanes.values()]
+        self.metrics.set_serving(served.name, [(v.version, v.runtime, v.device) for v in versions])
+
+    async def _swap(self, served: ServedModel, lane: Lane, manifest: ModelManifest) -> None:
+        """Reload ``lane``'s version (its files or the model's config.yaml changed): load + warm new
+        instances, switch the batcher, drain and stop the old instances. Atomic: until the batcher has
+        switched, any failure stops the new instances and leaves the old ones serving."""
+        version = int(lane.current.version)
         loaded = await self._load_version(served.name, version, manifest)
-        if self._closing or not served.batcher.accepting:
+        if self._closing or not lane.batcher.accepting:
             await self._stop_instances(loaded.instances)
             raise ServingError(ErrorKind.UNAVAILABLE, "server is shutting down")
-        previous_config = served.batcher.config
-        served.batcher.config = self._batcher_config(served.name)  # the model's config.yaml as it is now
+        previous_config = lane.batcher.config
+        lane.batcher.config = self._batcher_config(served.name)  # the model's config.yaml as it is now
         try:
-            replacing = served.batcher.switch(
+            replacing = lane.batcher.switch(
                 loaded.instances, version=loaded.version, item_shape=loaded.item_shape
             )
         except Exception as exc:
-            served.batcher.config = previous_config
+            lane.batcher.config = previous_config
             await self._stop_instances(loaded.instances)
             if isinstance(exc, ServingError) and exc.kind is ErrorKind.UNAVAILABLE:
                 raise  # shutting down: nothing wrong with the version
             raise self._load_failed(served.name, version, manifest, "load_error",
                                     f"{type(exc).__name__}: {exc}") from None
-        old = served.current
-        served.versions[loaded.version] = loaded
-        served.current = loaded  # the batcher switched in the same step (no await in between)
-        self.metrics.set_serving(served.name, loaded.version, loaded.runtime, loaded.device)
-        log.info("model %s: switched from version %s to %s; draining the old one", served.name,
-                 old.version, loaded.version)
+        old = lane.current
+        lane.versions[loaded.version] = loaded
+        lane.current = loaded  # the batcher switched in the same step (no await in between)
+        self._publish(served)
+        log.info("model %s: version %s reloaded; draining its old instances", served.name, loaded.version)
         await replacing
         await self._stop_instances(old.instances)
-        if served.versions.get(old.version) is old:  # a reload keeps the version's name for the new one
-            served.versions.pop(old.version, None)
-        log.info("model %s: version %s stopped", served.name, old.version)
+        if lane.versions.get(old.version) is old:  # a reload keeps the version's name for the new one
+            lane.versions.pop(old.version, None)
 
     @staticmethod
     async def _stop_instances(instances: Sequence[ManagedInstance]) -> None:
@@ -514,7 +464,7 @@ class ModelManager(RepositoryControl):
         """Count worker restarts and failed restart attempts since the last call
         (``ddrnet_worker_restarts_total{reason="worker_died" | "restart_failed"}``)."""
         for served in self.models.values():
-            for version in list(served.versions.values()):
+            for version in served.loaded():
                 for instance in version.instances:
                     for reason, count in (("worker_died", instance.worker.restarts),
                                           ("restart_failed", instance.worker.restart_failures)):
@@ -529,7 +479,7 @@ class ModelManager(RepositoryControl):
         worst = (0.0, "")
         now = time.monotonic()
         for served in self.models.values():
-            for instance in served.current.instances:
+            for instance in [i for lane in served.lanes.values() for i in lane.current.instances]:
                 down = instance.worker.down_for(now)
                 if down > worst[0]:
                     worst = (down, instance.worker.name)
@@ -547,7 +497,9 @@ class ModelManager(RepositoryControl):
                 await self._poll_task
             self._poll_task = None
         results = await asyncio.gather(
-            *(m.batcher.drain(timeout_s) for m in self.models.values()), return_exceptions=True
+            *(lane.batcher.drain(timeout_s)
+              for m in self.models.values() for lane in [*m.lanes.values(), *m.retiring]),
+            return_exceptions=True,
         )
         await self.close()
         return all(r is True for r in results)
@@ -555,7 +507,7 @@ class ModelManager(RepositoryControl):
     async def close(self) -> None:
         """Stop every worker of every version (idempotent)."""
         self._closing = True
-        instances = [i for m in self.models.values() for v in m.versions.values() for i in v.instances]
+        instances = [i for m in self.models.values() for v in m.loaded() for i in v.instances]
         await self._stop_instances(instances)
         for name in self.models:
             self.metrics.clear_serving(name)

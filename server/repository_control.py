@@ -18,7 +18,7 @@ from model import repository as repo
 from server.errors import ErrorKind, ServingError
 
 if TYPE_CHECKING:
-    from server.model_manager import ServedModel
+    from server.served import ServedModel
 
 log = logging.getLogger("server.model_manager")
 
@@ -58,29 +58,34 @@ class RepositoryControl:
         return out
 
     async def load_model(self, name: str) -> None:
-        """Load model ``name``'s newest complete version, or reload a served model (a drain-free swap).
-        ServingError: NOT_FOUND for a model the repository lacks, INVALID_ARGUMENT naming why no
-        version loaded. A request repeats versions that failed before (their files may be fixed)."""
+        """Load the versions model ``name``'s policy wants (the newest complete one by default), or
+        reload a served model: its versions and labels as its config.yaml says now, each version kept
+        reloaded with its current settings (drain-free swaps). ServingError: NOT_FOUND for a model the
+        repository lacks, INVALID_ARGUMENT naming why no version loaded. A request repeats versions that
+        failed before (their files may be fixed)."""
         async with self._control:
             if name not in repo.list_models(self.repository):
                 raise ServingError(ErrorKind.NOT_FOUND, f"model {name!r} is not in the repository")
             self._failed = {k: v for k, v in self._failed.items() if k[0] != name}
             versions = (await asyncio.to_thread(self._scan, [name])).get(name, [])
+            if not versions:
+                why = self._last_error.get(name, "no complete version (see the log)")
+                raise ServingError(ErrorKind.INVALID_ARGUMENT, f"model {name!r} could not be loaded: {why}")
             served = self.models.get(name)
-            errors = [self._last_error.get(name, "no complete version (see the log)")] if not versions else []
-            for version, manifest in versions:
+            kept = set(served.lanes) if served is not None else set()
+            errors = await self._serve_versions(name, versions)
+            served = self.models.get(name)
+            if served is None:
+                why = errors[0] if errors else "no version loaded (see the log)"
+                raise ServingError(ErrorKind.INVALID_ARGUMENT, f"model {name!r} could not be loaded: {why}")
+            manifests = {str(v): m for v, m in versions}
+            for version in sorted(kept & set(served.lanes) & set(manifests), key=int, reverse=True):
                 try:
-                    if served is None:
-                        await self._serve_new_model(name, version, manifest)
-                    else:
-                        await self._swap(served, version, manifest)
-                    self._last_error.pop(name, None)
-                    return
-                except ServingError as err:
-                    errors.append(f"version {version}: {err.message}")
-                    if served is not None:
-                        break  # a served model keeps its version rather than falling back to an older one
-            raise ServingError(ErrorKind.INVALID_ARGUMENT, f"model {name!r} could not be loaded: {errors[0]}")
+                    await self._swap(served, served.lanes[version], manifests[version])
+                except ServingError as err:  # the version keeps its instances
+                    raise ServingError(ErrorKind.INVALID_ARGUMENT, f"model {name!r} version {version} could "
+                                       f"not be reloaded: {err.message}") from None
+            self._last_error.pop(name, None)
 
     async def unload_model(self, name: str, timeout_s: float | None = None) -> None:
         """Stop serving ``name``: refuse new requests, finish accepted ones, stop its workers. NOT_FOUND
@@ -90,8 +95,11 @@ class RepositoryControl:
             if served is None:
                 raise ServingError(ErrorKind.NOT_FOUND, f"model {name!r} is not loaded")
             limit = timeout_s if timeout_s is not None else self.settings.shutdown_timeout_s
-            await served.batcher.drain(limit)
-            await self._stop_instances([i for v in served.versions.values() for i in v.instances])
+            lanes = [*served.lanes.values(), *served.retiring]
+            await asyncio.gather(*(lane.batcher.drain(limit) for lane in lanes))  # new requests: UNAVAILABLE
+            await self._stop_instances([i for v in served.loaded() for i in v.instances])
+            for lane in lanes:
+                self.metrics.set_queue_depth(name, lane.batcher, -1)
             del self.models[name]
             self.metrics.clear_serving(name)
             self._last_error[name] = "unloaded"

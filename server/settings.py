@@ -117,6 +117,17 @@ class ServerSettings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_json: bool = Field(False, description="JSON log lines (for log shippers)")
+    access_log: bool = Field(
+        False, description="one log line per HTTP request (with tracing on, each names its trace_id)"
+    )
+    otel_endpoint: str | None = Field(
+        None,
+        description="send traces by OTLP to this collector (e.g. http://collector:4318, or :4317 with "
+        "--otel-protocol grpc); OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT turns tracing on too (the otel extra)",
+    )
+    otel_protocol: Literal["http/protobuf", "grpc"] | None = Field(
+        None, description="OTLP protocol (default: OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL, else http/protobuf)"
+    )
 
     @field_validator("model_repository")
     @classmethod

@@ -118,7 +118,8 @@ def test_classify_three_body_forms(repository) -> None:
             listing = (await client.get("/v1/models")).json()
             [entry] = listing["models"]
             assert entry == {"name": "fake", "version": "1", "ready": True, "runtime": entry["runtime"],
-                             "device": "cpu", "precision": "fp32", "settings": {}}
+                             "device": "cpu", "precision": "fp32", "settings": {}, "versions": ["1"],
+                             "version_labels": {}, "traffic_split": {}}
             assert entry["runtime"]  # the fake runtime (its module:Class name)
 
     run(main())

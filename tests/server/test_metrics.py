@@ -55,9 +55,9 @@ def info_lines(metrics: ServerMetrics) -> list[str]:
 
 def test_set_serving_replaces_the_previous_version() -> None:
     metrics = ServerMetrics(CollectorRegistry())
-    metrics.set_serving("m", "1", "onnxruntime", "cpu")
-    metrics.set_serving("other", "7", "lite", "cpu")
-    metrics.set_serving("m", "2", "onnxruntime", "cpu")
+    metrics.set_serving("m", [("1", "onnxruntime", "cpu")])
+    metrics.set_serving("other", [("7", "lite", "cpu")])
+    metrics.set_serving("m", [("2", "onnxruntime", "cpu")])
     lines = info_lines(metrics)
     assert len(lines) == 2
     assert any('model="m"' in line and 'version="2"' in line for line in lines)

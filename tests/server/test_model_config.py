@@ -112,7 +112,8 @@ def test_settings_apply_to_their_model_only_and_a_bad_file_refuses_only_its_mode
             await manager.load_model("tuned")
             reloaded = manager.models["tuned"]
             assert reloaded.current is not old and reloaded.current.version == "1"
-            assert list(reloaded.versions) == ["1"] and reloaded.versions["1"] is reloaded.current
+            lane = reloaded.default
+            assert list(lane.versions) == ["1"] and lane.versions["1"] is reloaded.current
             assert reloaded.batcher.config.max_batch_size == 3
             assert reloaded.current.overrides == {"max_batch_size": 3}
             results = await core.classify([sf.colour_image("green")] * 4, model="tuned", protocol="http")

@@ -305,23 +305,23 @@ def test_repository_helpers_publish_like_an_exporter(tmp_path) -> None:
 
 
 def test_a_swap_failing_with_any_exception_leaves_the_old_version_serving(tmp_path, monkeypatch) -> None:
-    """A hot swap that fails at the switch with an unexpected exception: the old version keeps serving
-    and the metadata says so, the new version's workers are stopped, the failure is counted and not
-    retried every poll; rewriting the version's files makes it a new attempt."""
+    """A hot swap whose new version fails to start its batcher with an unexpected exception: the old
+    version keeps serving and the metadata says so, the new version's workers are stopped, the failure
+    is counted and not retried every poll; rewriting the version's files makes it a new attempt."""
     from server.batcher import Batcher
 
     sf.make_fake_version(tmp_path, "fake", 1)
     attempts = []
-    real_switch = Batcher.switch
+    real_init = Batcher.__init__
 
-    def failing_switch(self, *args, **kwargs):
+    def failing_init(self, *args, **kwargs):
         attempts.append(kwargs.get("version"))
-        raise RuntimeError("switch exploded")
+        raise RuntimeError("batcher exploded")
 
     async def main():
         async with sf.started_core(sf.settings_for(tmp_path)) as core:
             manager = core.manager
-            monkeypatch.setattr(Batcher, "switch", failing_switch)
+            monkeypatch.setattr(Batcher, "__init__", failing_init)
             v2 = sf.make_fake_version(tmp_path, "fake", 2)
             await manager.poll_once()
             await manager.poll_once()
@@ -337,7 +337,7 @@ def test_a_swap_failing_with_any_exception_leaves_the_old_version_serving(tmp_pa
             # the failed version's worker processes were stopped: only v1's are alive
             assert sorted(sf.worker_pids(os.getpid())) == sorted(w.pid for w in workers)
             # rewriting v2's files is a new attempt, which now succeeds
-            monkeypatch.setattr(Batcher, "switch", real_switch)
+            monkeypatch.setattr(Batcher, "__init__", real_init)
             shutil.rmtree(v2)
             sf.make_fake_version(tmp_path, "fake", 2, preprocess={"crop_pct": 0.9})
             await manager.poll_once()
