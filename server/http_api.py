@@ -61,6 +61,7 @@ from server.http_schemas import (
     ClassifyResponseModel,
     ModelMetadataModel,
 )
+from server.http_web import add_web_routes
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ def create_app(core: DataPlane) -> FastAPI:
         return await infer(request, model, version)
 
     add_repository_routes(app, core, auth)
+    add_web_routes(app, core)
 
     # -- metrics -------------------------------------------------------------------------------------
 

@@ -117,6 +117,7 @@ class ServerSettings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     log_json: bool = Field(False, description="JSON log lines (for log shippers)")
+    web_ui: bool = Field(True, description="serve the web page at / (try images, watch the models)")
     access_log: bool = Field(
         False, description="one log line per HTTP request (with tracing on, each names its trace_id)"
     )
