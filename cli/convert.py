@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from cli.errors import CliError
 from model.archs import ARCHS
@@ -31,4 +32,8 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {result.output} ({result.arch}, variant authors, {result.num_classes} classes, "
         f"{result.num_tensors} tensors)"
     )
+    # export reads arch, classes and variant from the checkpoint; the ImageNet labels ship in the package
+    print("next, export it into a model repository (architecture, classes and variant come from the file):\n"
+          f"  ddrnet export --checkpoint {shlex.quote(str(result.output))} --repository models "
+          f"--name {result.arch}")
     return 0

@@ -1,7 +1,7 @@
 """Export a checkpoint into a new, verified version of a model repository.
 
   ddrnet export --run-dir RUN --repository models --name demo [--checkpoint CKPT]
-  ddrnet export --checkpoint CKPT --arch ddrnet23_slim --repository models --name slim \\
+  ddrnet export --checkpoint CKPT --repository models --name slim [--arch ddrnet23_slim] \\
       [--version N] [--formats mindir,onnx,lite] [--batch-sizes 1,4,8] [--num-classes N] \\
       [--labels FILE] [--variant zoo|authors] [--image-size 224 --crop-pct 0.875 ...]
   ddrnet export --config TRAIN.yaml --checkpoint CKPT --repository models --name demo
@@ -10,7 +10,9 @@
 With --run-dir, everything the run recorded in its run.json (architecture, class count, labels, weight
 variant, eval preprocessing, training folder) is used and the checkpoint is the run's best unless
 --checkpoint names another; with --config, the same come from a training config and its data set folder.
-Options given on the command line override either. Every exported file is loaded by its runtime and
+Options given on the command line override either. Without them, the checkpoint itself says its
+architecture, class count and weight variant where its tensors tell them apart; an option that
+contradicts the checkpoint is an error naming both. Every exported file is loaded by its runtime and
 checked against the checkpoint network on real photos before the version is published (atomically); a
 mismatch publishes nothing. --formats omitted: mindir and onnx, plus lite when MindSpore Lite is found
 (importable here or in .venv-lite37). Float32 is always exported; --precisions adds reduced ones, each
@@ -70,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MindSpore checkpoint (.ckpt); default with --run-dir: the run's best")
     parser.add_argument("--config", type=Path, help="training config YAML: arch, classes, preprocessing")
     parser.add_argument("--arch",
-                        help="ddrnet23, ddrnet23_slim or ddrnet39; required without --run-dir / --config")
+                        help="ddrnet23, ddrnet23_slim or ddrnet39 (default: the run's, the config's, or "
+                        "what the checkpoint holds)")
     parser.add_argument("--repository", required=True, type=Path, help="model repository directory")
     parser.add_argument("--name", required=True, help="model name (directory in the repository)")
     parser.add_argument("--version", type=int, help="version number (default: next integer)")
@@ -83,7 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-sizes", type=_int_list, default=(), help="also write fixed-batch MindIR files, e.g. 1,4,8"
     )
-    parser.add_argument("--num-classes", type=int, help="classifier outputs (default 1000, or the config's)")
+    parser.add_argument("--num-classes", type=int,
+                        help="classifier outputs (default: the run's, the config's, the checkpoint's, or "
+                        "1000)")
     parser.add_argument("--labels", type=Path, help="label file: one class name per line, in class order")
     parser.add_argument("--variant", choices=("zoo", "authors"),
                         help="weight variant (default: what the checkpoint holds: authors for "

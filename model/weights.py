@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +52,52 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 AUTHORS_ONLY = ("conv1.0.bias", "conv1.3.bias")
 
 
-def checkpoint_variant(path: str | os.PathLike[str]) -> str:
-    """The weight variant a checkpoint holds: ``authors`` when it has the authors' stem biases (what
-    ``ddrnet convert`` writes), else ``zoo``. Reads only those entries. WeightLoadError as
-    :func:`read_checkpoint`."""
-    first: list[str] = []
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What a checkpoint says about the network it fits: its weight variant, and its architecture and
+    class count where the tensors tell them apart (None where they do not)."""
 
-    def wanted(name: str) -> bool:  # the two biases, and one entry so the result is never empty (an error)
-        if not first:
-            first.append(name)
-            return True
-        return name in AUTHORS_ONLY
+    variant: str
+    arch: str | None
+    num_classes: int | None
+    evidence: str  # the tensors' shapes the answer comes from, for messages
+
+    def describe(self) -> str:
+        what = self.arch or "an unrecognised DDRNet"
+        classes = f", {self.num_classes} classes" if self.num_classes else ""
+        return f"{what} ({self.variant} variant{classes}; {self.evidence})"
+
+
+def checkpoint_facts(path: str | os.PathLike[str]) -> CheckpointFacts:
+    """Read only the tensors that tell variant, architecture and class count apart: the stem
+    convolution (width p), layer1's blocks, the classifier (classes x last_planes) and the authors'
+    stem biases. WeightLoadError as :func:`read_checkpoint`."""
+    from model.archs import ARCHS
+
+    def wanted(name: str) -> bool:
+        return (name in ("conv1.0.weight", "linear.weight") or name in AUTHORS_ONLY
+                or (name.startswith("layer1.") and name.endswith(".conv1.weight")))
 
     found = _load_raw(path, choice_func=wanted)
-    return "authors" if any(name in found for name in AUTHORS_ONLY) else "zoo"
+    if not found:
+        raise WeightLoadError(f"{path} holds no DDRNet classifier weights (no conv1.0.weight, "
+                              "linear.weight)")
+    variant = "authors" if any(name in found for name in AUTHORS_ONLY) else "zoo"
+    stem = found.get("conv1.0.weight")
+    linear = found.get("linear.weight")
+    planes = int(stem.shape[0]) if stem is not None else None
+    blocks = len({name.split(".")[1] for name in found if name.startswith("layer1.")}) or None
+    num_classes, features = (None, None) if linear is None else (int(linear.shape[0]), int(linear.shape[1]))
+    matches = [name for name, spec in ARCHS.items()
+               if planes == spec.planes and blocks == spec.layers[0] and features == spec.last_planes]
+    evidence = f"stem width {planes}, {blocks} blocks in layer1, {features} features into the classifier"
+    return CheckpointFacts(variant, matches[0] if len(matches) == 1 else None, num_classes, evidence)
+
+
+def checkpoint_variant(path: str | os.PathLike[str]) -> str:
+    """The weight variant a checkpoint holds: ``authors`` when it has the authors' stem biases (what
+    ``ddrnet convert`` writes), else ``zoo``. WeightLoadError as :func:`read_checkpoint`."""
+    return checkpoint_facts(path).variant
 
 
 def _load_raw(path: str | os.PathLike[str], **options: Any) -> dict[str, Any]:

@@ -86,6 +86,24 @@ def test_export_publishes_a_verified_version(checkpoint, tmp_path):
     assert session.run(None, {m.input.name: batch})[0].shape == (3, NUM_CLASSES)
 
 
+def test_export_reads_arch_classes_and_variant_from_the_checkpoint(tmp_path, capsys):
+    """``ddrnet export`` with only the checkpoint, as ``ddrnet convert`` prints it: the architecture,
+    the class count and the variant come from the file's tensors."""
+    import mindspore as ms
+
+    import model
+
+    ms.set_seed(2)
+    path = tmp_path / "authors.ckpt"
+    ms.save_checkpoint(model.create_model("ddrnet23_slim", num_classes=7, variant="authors"), str(path))
+    args = _parse(["--checkpoint", str(path), "--repository", str(tmp_path / "repo"), "--name", "m",
+                   "--formats", "onnx", "--image-size", "64", "--crop-pct", "1.0"])
+    assert cli_export.run(args) == 0
+    manifest = json.loads((tmp_path / "repo" / "m" / "1" / "model.json").read_text())
+    facts = (manifest["arch"], manifest["num_classes"], manifest["weight_variant"])
+    assert facts == ("ddrnet23_slim", 7, "authors")
+
+
 @pytest.mark.slow
 def test_authors_variant_checkpoint_exports(tmp_path):
     """A checkpoint in the authors' numerics (what ``ddrnet convert`` writes) exports and verifies."""
@@ -275,10 +293,16 @@ def test_cli_errors_are_clear(checkpoint, tmp_path, capsys):
         cli_export.run(_parse(["--checkpoint", str(tmp_path / "nope.ckpt"), "--arch", "ddrnet23", *common]))
     with pytest.raises(CliError, match="unknown architecture 'resnet50'"):
         cli_export.run(_parse(["--checkpoint", str(checkpoint), "--arch", "resnet50", *common]))
-    with pytest.raises(CliError, match="--arch is required"):
-        cli_export.run(_parse(["--checkpoint", str(checkpoint), *common]))
+    # the checkpoint says what it holds: a flag that contradicts it is named with the file's answer
+    holds = r"holds ddrnet23_slim \(zoo variant, 10 classes; stem width 32, 2 blocks in layer1, 1024"
+    message = rf"--arch ddrnet23 contradicts .*slim10\.ckpt, which {holds}.*give --arch ddrnet23_slim"
+    with pytest.raises(CliError, match=message):
+        cli_export.run(_parse(["--checkpoint", str(checkpoint), "--arch", "ddrnet23", *common]))
+    message = r"--num-classes 1000 contradicts .*10 classes: drop --num-classes or give 10"
+    with pytest.raises(CliError, match=message):
+        cli_export.run(_parse(["--checkpoint", str(checkpoint), "--num-classes", "1000", *common]))
     with pytest.raises(CliError, match=r"label file .*missing\.txt does not exist"):
-        argv = ["--checkpoint", str(checkpoint), "--arch", "ddrnet23", "--labels", "missing.txt", *common]
+        argv = ["--checkpoint", str(checkpoint), "--labels", "missing.txt", *common]
         cli_export.run(_parse(argv))
     for bad in (["--formats", "mindir,tflite"], ["--batch-sizes", "1,x"], ["--batch-sizes", "0"]):
         with pytest.raises(SystemExit) as exit_info:

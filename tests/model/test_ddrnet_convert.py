@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
@@ -126,3 +127,24 @@ def test_missing_torch_says_what_to_install(tmp_path, capsys, monkeypatch):
 
 class _NotATensor:
     pass
+
+
+def test_convert_prints_the_export_command_that_works_as_printed(tmp_path, capsys, monkeypatch):
+    """The converted authors' checkpoint exports with the printed command: no --arch, no --variant, no
+    --num-classes (the file says all three); only the repository and a small image size are changed."""
+    import shlex
+
+    monkeypatch.setitem(cli.main.SUBCOMMANDS, "export", ("cli.export", "export"))  # beside _only_convert
+
+    _, pth = _authors_pth(tmp_path, "ddrnet23_slim", seed=3)
+    dst = tmp_path / "out" / "slim.ckpt"
+    assert _convert(pth, "ddrnet23_slim", str(dst)) == 0
+    out = capsys.readouterr().out
+    line = next(text.strip() for text in out.splitlines() if text.strip().startswith("ddrnet export "))
+    argv = shlex.split(line)[1:]
+    assert "--arch" not in argv and "--variant" not in argv and "--num-classes" not in argv
+    argv[argv.index("--repository") + 1] = str(tmp_path / "models")
+    assert cli.main.main([*argv, "--formats", "onnx", "--image-size", "64", "--crop-pct", "1.0"]) == 0
+    manifest = json.loads((tmp_path / "models" / "ddrnet23_slim" / "1" / "model.json").read_text())
+    facts = (manifest["arch"], manifest["weight_variant"], manifest["num_classes"])
+    assert facts == ("ddrnet23_slim", "authors", 1000)

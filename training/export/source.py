@@ -94,6 +94,20 @@ def _config_labels(cfg: Any) -> list[str] | None:
     return None
 
 
+def _checkpoint_facts(checkpoint: Path) -> tuple[Any, str]:
+    """The checkpoint's own account of its network (``model.weights.checkpoint_facts``) and "", or None
+    and why it cannot say (no such file yet, unreadable, no DDRNet classifier): the spec check and the
+    network load name those problems when they matter."""
+    from model.weights import WeightLoadError, checkpoint_facts
+
+    if not checkpoint.is_file():
+        return None, f"checkpoint {checkpoint} does not exist"
+    try:
+        return checkpoint_facts(checkpoint), ""
+    except WeightLoadError as exc:
+        return None, str(exc)
+
+
 def build_spec(
     facts: ModelFacts,
     *,
@@ -114,18 +128,29 @@ def build_spec(
     from model.archs import ARCHS
     from model.labels import read_labels_file
 
-    arch = arch or facts.arch
-    if not arch:
-        raise ExportError("--arch is required (or --run-dir / --config, which name the architecture)")
-    if arch not in ARCHS:
+    if arch is not None and arch not in ARCHS:
         raise ExportError(f"unknown architecture {arch!r}: choose from {', '.join(sorted(ARCHS))}")
-    if facts.arch and arch != facts.arch:
-        LOG.warning("--arch %s overrides the %s of %s", arch, facts.arch, facts.origin)
     checkpoint = checkpoint or facts.checkpoint
     if checkpoint is None:
         if facts.origin.startswith("run"):
             raise ExportError(f"{facts.origin} has no best checkpoint yet: name one with --checkpoint")
         raise ExportError("--checkpoint is required (or --run-dir RUN, which exports the run's best)")
+    held, unread = _checkpoint_facts(Path(checkpoint))
+    if arch is not None and held is not None and held.arch is not None and arch != held.arch:
+        raise ExportError(f"--arch {arch} contradicts {checkpoint}, which holds {held.describe()}: drop "
+                          f"--arch or give --arch {held.arch}")
+    if facts.arch and arch and arch != facts.arch:
+        LOG.warning("--arch %s overrides the %s of %s", arch, facts.arch, facts.origin)
+    arch = arch or facts.arch or (held.arch if held is not None else None)
+    if not arch:
+        why = f"{checkpoint} holds {held.describe()}" if held is not None else unread
+        raise ExportError(f"--arch is required ({why}; or --run-dir / --config, which name the architecture)")
+    if held is not None and held.num_classes is not None:
+        if num_classes and num_classes != held.num_classes:
+            raise ExportError(f"--num-classes {num_classes} contradicts {checkpoint}, whose classifier has "
+                              f"{held.num_classes} classes: drop --num-classes or give {held.num_classes}")
+        if not num_classes and facts.num_classes is None:
+            num_classes = held.num_classes
     labels = facts.labels
     if labels_file is not None:
         if not labels_file.is_file():
