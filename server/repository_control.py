@@ -42,14 +42,15 @@ class RepositoryControl:
         return name in self._repository_names
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        """Every model of the repository and every served one: its served (else newest) version, state
-        ``READY`` or ``UNAVAILABLE`` and why."""
+        """Every model of the repository and every served one: each served version (else the newest
+        version), state ``READY`` or ``UNAVAILABLE`` and why."""
         out = []
         self._repository_names = set(repo.list_models(self.repository))
         for name in sorted(self._repository_names | set(self.models)):
             served = self.models.get(name)
-            if served is not None and served.ready:
-                out.append({"name": name, "version": served.current.version, "state": "READY", "reason": ""})
+            if served is not None and served.ready:  # one entry per served version, as Triton lists them
+                out.extend({"name": name, "version": version, "state": "READY", "reason": ""}
+                           for version in served.served_versions)
             elif not ready_only:
                 versions = repo.list_versions(self.repository, name)
                 version = served.current.version if served else (str(versions[-1]) if versions else "")

@@ -169,6 +169,13 @@ def _server_span(receiver, trace_id: str, caller_span: str) -> dict | None:
                  and s["kind"] == SPAN_KINDS["server"]), None)
 
 
+def _complete(receiver, trace_id: str, caller_span: str) -> bool:
+    """The request's server span and its preprocess, queue and inference children have arrived."""
+    server = _server_span(receiver, trace_id, caller_span)
+    return server is not None and {"preprocess", "queue", "inference"} <= set(
+        _tree(receiver, trace_id, server["span_id"]))
+
+
 def test_http_request_spans_carry_the_callers_trace_id(traced_server, http_receiver) -> None:
     header, trace_id, caller_span = traceparent()
     image = sf.photos()[0]
@@ -176,12 +183,8 @@ def test_http_request_spans_carry_the_callers_trace_id(traced_server, http_recei
                           headers={"traceparent": header}, timeout=60)
     assert response.status_code == 200, response.text
 
-    def complete(r) -> bool:
-        server = _server_span(r, trace_id, caller_span)
-        return server is not None and {"preprocess", "queue", "inference"} <= set(
-            _tree(r, trace_id, server["span_id"]))
-
-    assert http_receiver.wait_for(complete), http_receiver.of_trace(trace_id)
+    done = http_receiver.wait_for(lambda r: _complete(r, trace_id, caller_span))
+    assert done, http_receiver.of_trace(trace_id)
     server = _server_span(http_receiver, trace_id, caller_span)
     assert server["attributes"]["ddrnet.model"] == "slim"
     assert server["attributes"]["ddrnet.version"] == "1" and server["attributes"]["ddrnet.images"] == 1
@@ -259,12 +262,8 @@ def test_grpc_spans_over_otlp_grpc(slim_repository: Path, tmp_path: Path) -> Non
                 thread.join(90)
         assert len(callers) == 2
         for trace_id, caller_span in callers:
-            def complete(r, trace_id=trace_id, caller_span=caller_span) -> bool:
-                server = _server_span(r, trace_id, caller_span)
-                return server is not None and {"preprocess", "queue", "inference"} <= set(
-                    _tree(r, trace_id, server["span_id"]))
-
-            assert receiver.wait_for(complete), receiver.of_trace(trace_id)
+            done = receiver.wait_for(lambda r, t=trace_id, c=caller_span: _complete(r, t, c))
+            assert done, receiver.of_trace(trace_id)
             server = _server_span(receiver, trace_id, caller_span)
             assert server["attributes"]["rpc.system"] == "grpc"
     finally:

@@ -153,6 +153,9 @@ def test_versions_labels_over_http_and_grpc(repository: Path) -> None:
             assert listed["versions"] == ["3", "2"] and listed["version"] == "3"
             assert listed["version_labels"] == {"stable": "2", "canary": "3"}
             assert (await client.get("/v2/models/fake")).json()["versions"] == ["3", "2"]
+            index = (await client.post("/v2/repository/index")).json()
+            assert [(e["name"], e["version"], e["state"]) for e in index] == [("fake", "3", "READY"),
+                                                                               ("fake", "2", "READY")]
 
             async def classify(path: str) -> httpx.Response:
                 return await client.post(path, files={"file": image})
@@ -199,17 +202,7 @@ def test_versions_labels_over_http_and_grpc(repository: Path) -> None:
             assert (await oip.ModelInfer(request, timeout=30)).model_version == "2"
 
             # every answer is counted under the version that gave it
-            ok = {
-                v: sf.sample(
-                    core.metrics,
-                    "ddrnet_requests_total",
-                    model="fake",
-                    version=v,
-                    protocol="http",
-                    code="200",
-                )
-                for v in ("2", "3")
-            }
+            ok = answered_by_version(core)
             assert ok == {"2": 3.0, "3": 2.0}  # stable, versions/2, OIP stable | newest, canary
             info_lines = [
                 line
@@ -219,6 +212,15 @@ def test_versions_labels_over_http_and_grpc(repository: Path) -> None:
             assert sorted('version="2"' in line for line in info_lines) == [False, True]
 
     run(main())
+
+
+def answered_by_version(core) -> dict[str, float]:
+    """HTTP requests answered 200, by the version that answered (``ddrnet_requests_total``)."""
+    return {
+        v: sf.sample(core.metrics, "ddrnet_requests_total", model="fake", version=v, protocol="http",
+                     code="200")
+        for v in ("2", "3")
+    }
 
 
 def _binary_free_infer(label) -> dict:
@@ -245,17 +247,7 @@ def test_traffic_split_spreads_unpinned_requests(repository: Path) -> None:
             ]
             share = answers.count("2") / len(answers)
             assert 0.6 < share < 0.9, share  # 0.75 expected: a 200-draw binomial stays well inside
-            counted = {
-                v: sf.sample(
-                    core.metrics,
-                    "ddrnet_requests_total",
-                    model="fake",
-                    version=v,
-                    protocol="http",
-                    code="200",
-                )
-                for v in ("2", "3")
-            }
+            counted = answered_by_version(core)
             assert counted == {"2": answers.count("2"), "3": answers.count("3")}
 
     run(main())

@@ -197,3 +197,23 @@ def test_classify_in_a_real_browser(server, digit_photos, tmp_path) -> None:
         if os.environ.get("DDRNET_DOCS_IMAGES") == "1":
             DOCS_IMAGE.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(shot, DOCS_IMAGE)
+
+
+def test_no_web_ui_leaves_the_page_out(tmp_path) -> None:
+    """``--no-web-ui``: no page, no page files; ``/v1/status`` stays (an operator's endpoint)."""
+    import asyncio
+
+    from server.http_api import create_app
+
+    sf.make_fake_version(tmp_path, "fake", 1)
+
+    async def main() -> None:
+        async with sf.started_core(sf.settings_for(tmp_path, web_ui=False)) as core:
+            transport = httpx.ASGITransport(app=create_app(core))
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                assert (await client.get("/")).status_code == 404
+                assert (await client.get("/ui/app.js")).status_code == 404
+                status = await client.get("/v1/status")
+                assert status.status_code == 200 and status.json()["models"][0]["name"] == "fake"
+
+    asyncio.run(asyncio.wait_for(main(), 60))
