@@ -290,7 +290,8 @@ def test_server_health_and_metadata(server):
     with HttpClient(server.http, model="tiny") as http, GrpcClient(server.grpc, model="tiny") as grpc_client:
         assert http.ready() and grpc_client.ready()
         assert http.models() == [{"name": "tiny", "version": "1", "ready": True, "runtime": "onnxruntime",
-                                  "device": "cpu", "precision": "fp32", "settings": {}}]
+                                  "device": "cpu", "precision": "fp32", "settings": {}, "versions": ["1"],
+                                  "version_labels": {}, "traffic_split": {}}]
         for meta in (http.model_metadata(), grpc_client.model_metadata()):
             assert meta["versions"] == ["1"] and meta["platform"] == "onnxruntime"
             assert meta["outputs"][0]["shape"] == [-1, len(LABELS)]

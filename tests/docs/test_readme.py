@@ -344,8 +344,14 @@ def _check_ddrnet(argv: list[str], env: dict[str, str], monkeypatch, tmp_path) -
         _check_config(str(DIGITS_CONFIG), ["data_url=demo/data/digits", *args.overrides])
     if args.command == "serve":
         _check_serve(args, env, monkeypatch, tmp_path)
-    unknown_env = [k for k in env if not k.startswith("DDRNET_")]
+    # OTEL_* are OpenTelemetry's own variables: the server reads the endpoint and protocol ones
+    # (server.tracing), the SDK the others; they must at least be ones the spec defines.
+    unknown_env = [k for k in env if not k.startswith("DDRNET_") and k not in OTEL_VARIABLES]
     assert not unknown_env, f"environment {unknown_env} means nothing to ddrnet"
+    if any(k.startswith("OTEL_") for k in env):
+        from server.tracing import tracing_config
+
+        assert tracing_config(None, None, environ=env) is not None, "the OTEL_* variables turn nothing on"
 
 
 def _check_serve(args, env: dict[str, str], monkeypatch, tmp_path) -> None:
@@ -357,6 +363,8 @@ def _check_serve(args, env: dict[str, str], monkeypatch, tmp_path) -> None:
         if key.startswith("DDRNET_"):
             monkeypatch.delenv(key)
     for key, value in env.items():
+        if key in OTEL_VARIABLES:
+            continue  # OpenTelemetry's, checked in _check_ddrnet
         field = key.removeprefix("DDRNET_").lower()
         assert field in ServerSettings.model_fields, f"{key} is not a server setting"
         monkeypatch.setenv(key, str(tmp_path) if field == "model_repository" else value)
@@ -451,6 +459,14 @@ def _check_docker(argv: list[str], built: dict[str, str | None]) -> None:
     _parse_ddrnet([*entry[3:], *rest])
 
 
+# The OpenTelemetry SDK's environment variables a README command may set (the specification's names).
+OTEL_VARIABLES = frozenset({
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_HEADERS", "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG", "OTEL_SDK_DISABLED",
+})
+
+
 def _check_curl(argv: list[str]) -> None:
     """A curl line shown without running it: its method and path are a route of the HTTP server."""
     from urllib.parse import urlsplit
@@ -476,6 +492,8 @@ class _FakeCore:
 
     version = "0"
     metrics = None
+    tracing = None
+    settings = type("Settings", (), {"web_ui": True})()
 
 
 def _check_kubectl(argv: list[str]) -> None:
