@@ -155,8 +155,10 @@ class Tracing:
             span.set_attributes(dict(attributes))
 
     def current(self) -> Any | None:
-        """The current context when a sampled span is current (an item's parent), else None."""
-        if not self._trace.get_current_span().get_span_context().is_valid:
+        """The current context when a sampled span is current (an item's parent), else None: a request
+        the sampler left out costs its batch nothing."""
+        span_context = self._trace.get_current_span().get_span_context()
+        if not (span_context.is_valid and span_context.trace_flags.sampled):
             return None
         return self._context.get_current()
 

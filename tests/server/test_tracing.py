@@ -269,3 +269,28 @@ def test_grpc_spans_over_otlp_grpc(slim_repository: Path, tmp_path: Path) -> Non
     finally:
         proc.kill()
         receiver.close()
+
+
+def test_requests_the_sampler_left_out_cost_their_batch_nothing() -> None:
+    """A request whose trace is not sampled gives its items no parent: its batch records no spans."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider)
+
+    async def scenario() -> None:
+        instance = _Gated()
+        instance.gate.set()
+        batcher = Batcher("m", [instance], version="1", config=BatcherConfig(), tracing=tracing)
+        with tracing.tracer.start_as_current_span("request"), batcher.reserve(1) as reservation:
+            assert tracing.current() is None
+            await reservation.infer([np.array([1.0, 1.0], dtype=np.float32)])
+        await batcher.drain(5)
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert exporter.get_finished_spans() == ()
