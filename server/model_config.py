@@ -18,9 +18,9 @@ means no overrides. A file that is not a mapping, names another key, holds a bad
 :data:`MAX_BYTES` is a :class:`ModelConfigError` naming the file and the key; the model manager then
 refuses that model (log line, ``ddrnet_model_load_failures_total{reason="invalid_config"}``) and
 serves the others. The version policy, labels and traffic split (``server.versions``) are set in the
-same file. The file is read when the model's versions are scanned: the versions, labels and split
-apply at once; the other settings when a version of the model is next loaded (a new version, an
-explicit load, or a restart).
+same file. The file is read when the model's versions are scanned (each poll, an explicit load): the
+versions, labels and split apply at once; changed settings reload the served versions with them (a
+drain-free swap each; one that fails to load keeps the version serving as it was, logged and counted).
 """
 
 from __future__ import annotations
@@ -79,6 +79,11 @@ def read_overrides(model_dir: Path) -> tuple[dict[str, Any], str]:
         raise ModelConfigError(f"{path}: {', '.join(unknown)} cannot be set per model (settable: "
                                f"{', '.join(OVERRIDABLE + VERSION_KEYS)})")
     return dict(data), stamp
+
+
+def settings_part(overrides: dict[str, Any]) -> dict[str, Any]:
+    """What a config.yaml sets of the server's settings (without the versions, labels and split)."""
+    return {k: v for k, v in overrides.items() if k not in VERSION_KEYS}
 
 
 def version_policy(overrides: dict[str, Any], where: str = CONFIG_NAME) -> VersionPolicy:

@@ -49,7 +49,7 @@ from server.batcher import Batcher, BatcherConfig
 from server.errors import ErrorKind, ServingError
 from server.instance import ManagedInstance
 from server.metrics import ServerMetrics
-from server.model_config import ModelConfigs
+from server.model_config import ModelConfigs, settings_part
 from server.repository_control import RepositoryControl
 from server.served import Lane, ServedModel, ServedVersion
 from server.settings import ServerSettings
@@ -110,6 +110,7 @@ class ModelManager(RepositoryControl):
         self.started = False
         self._factory = instance_factory or self._worker_instance
         self._failed: dict[tuple[str, int, str], str] = {}  # version key -> why it failed
+        self._settings_failed: set[tuple[str, str, str]] = set()  # (model, version, settings) that failed
         self._reported: set[tuple[str, int, str]] = set()  # incomplete versions already logged
         self._warned: set[str] = set()
         self._restarts_seen: dict[tuple[int, str], int] = {}
@@ -206,6 +207,29 @@ class ModelManager(RepositoryControl):
             self._warned.discard(name)
             if versions:
                 await self._serve_versions(name, versions)
+                await self._apply_settings(name, dict(versions))
+
+    async def _apply_settings(self, name: str, manifests: dict[int, ModelManifest]) -> None:
+        """Reload the served versions of ``name`` whose settings differ from its config.yaml as it is now
+        (a drain-free swap each). A reload that fails leaves the version serving with its settings of
+        before: logged and counted once per content of the file, never retried until it changes."""
+        served = self.models.get(name)
+        if served is None or self._closing:
+            return
+        wanted = settings_part(self.configs.overrides_for(name))
+        for version, lane in list(served.lanes.items()):
+            manifest = manifests.get(int(version))
+            if manifest is None or settings_part(lane.current.overrides) == wanted:
+                continue
+            key = (name, version, repr(sorted(wanted.items())))
+            if key in self._settings_failed:
+                continue
+            log.info("model %s: its config.yaml changed; reloading version %s with %s", name, version, wanted)
+            try:
+                await self._swap(served, lane, manifest, remember=False)
+            except ServingError as err:
+                self._settings_failed.add(key)
+                log.error("model %s version %s keeps its previous settings: %s", name, version, err.message)
 
     async def _serve_versions(self, name: str, versions: list[tuple[int, ModelManifest]]) -> list[str]:
         """Make model ``name`` serve what its policy wants of ``versions`` (complete, newest first): load
@@ -315,8 +339,11 @@ class ModelManager(RepositoryControl):
         )
         return ManagedInstance(worker, restart_wait_s=s.request_timeout_ms / 1000.0)
 
-    async def _load_version(self, name: str, version: int, manifest: ModelManifest) -> ServedVersion:
-        """Start and warm the instances of one version. Raises ServingError (logged and counted)."""
+    async def _load_version(
+        self, name: str, version: int, manifest: ModelManifest, remember: bool = True
+    ) -> ServedVersion:
+        """Start and warm the instances of one version. Raises ServingError (logged and counted; with
+        ``remember``, the version is not tried again until its files change)."""
         vdir = repo.version_dir(self.repository, name, version)
         started = time.monotonic()
         log.info("model %s: loading version %d from %s", name, version, vdir)
@@ -324,16 +351,18 @@ class ModelManager(RepositoryControl):
         try:
             transform = EvalTransform.for_manifest(manifest, self.settings.max_image_pixels)
         except ValueError as exc:
-            raise self._load_failed(name, version, manifest, "invalid_preprocess", str(exc)) from None
+            why = str(exc)
+            raise self._load_failed(name, version, manifest, "invalid_preprocess", why, remember) from None
         try:
             verified = check_verified(manifest.verification, settings.precision, name, version)
         except PrecisionError as exc:
-            raise self._load_failed(name, version, manifest, "unverified_precision", str(exc)) from None
+            why = str(exc)
+            raise self._load_failed(name, version, manifest, "unverified_precision", why, remember) from None
         explicit = runtime != "auto" and ":" not in runtime
         if settings.precision != "fp32" and explicit and runtime not in verified:
             message = (f"model {name} version {version} was verified for precision {settings.precision} "
                        f"on {', '.join(verified)}, not on {runtime}")
-            raise self._load_failed(name, version, manifest, "unverified_precision", message)
+            raise self._load_failed(name, version, manifest, "unverified_precision", message, remember)
         instances = [self._factory(vdir, manifest, i) for i in range(settings.instances or 1)]
         try:
             results = await asyncio.gather(*(i.start() for i in instances), return_exceptions=True)
@@ -346,7 +375,7 @@ class ModelManager(RepositoryControl):
                     message = first.message
                 else:
                     message = f"{type(first).__name__}: {first}"
-                raise self._load_failed(name, version, manifest, "load_error", message)
+                raise self._load_failed(name, version, manifest, "load_error", message, remember)
         except BaseException:
             await asyncio.gather(*(i.stop() for i in instances), return_exceptions=True)
             raise
@@ -363,9 +392,11 @@ class ModelManager(RepositoryControl):
         return served
 
     def _load_failed(
-        self, name: str, version: int, manifest: ModelManifest, reason: str, message: str
+        self, name: str, version: int, manifest: ModelManifest, reason: str, message: str,
+        remember: bool = True,
     ) -> ServingError:
-        self._failed[self._key(name, version, manifest)] = message
+        if remember:
+            self._failed[self._key(name, version, manifest)] = message
         self._last_error[name] = message
         self.metrics.model_load_failures_total.labels(name, reason).inc()
         log.error("model %s version %d failed to load and will not be served: %s", name, version, message)
@@ -422,12 +453,14 @@ class ModelManager(RepositoryControl):
         versions = [lane.current for lane in served.lanes.values()]
         self.metrics.set_serving(served.name, [(v.version, v.runtime, v.device) for v in versions])
 
-    async def _swap(self, served: ServedModel, lane: Lane, manifest: ModelManifest) -> None:
+    async def _swap(
+        self, served: ServedModel, lane: Lane, manifest: ModelManifest, remember: bool = True
+    ) -> None:
         """Reload ``lane``'s version (its files or the model's config.yaml changed): load + warm new
         instances, switch the batcher, drain and stop the old instances. Atomic: until the batcher has
         switched, any failure stops the new instances and leaves the old ones serving."""
         version = int(lane.current.version)
-        loaded = await self._load_version(served.name, version, manifest)
+        loaded = await self._load_version(served.name, version, manifest, remember)
         if self._closing or not lane.batcher.accepting:
             await self._stop_instances(loaded.instances)
             raise ServingError(ErrorKind.UNAVAILABLE, "server is shutting down")
@@ -443,7 +476,7 @@ class ModelManager(RepositoryControl):
             if isinstance(exc, ServingError) and exc.kind is ErrorKind.UNAVAILABLE:
                 raise  # shutting down: nothing wrong with the version
             raise self._load_failed(served.name, version, manifest, "load_error",
-                                    f"{type(exc).__name__}: {exc}") from None
+                                    f"{type(exc).__name__}: {exc}", remember) from None
         old = lane.current
         lane.versions[loaded.version] = loaded
         lane.current = loaded  # the batcher switched in the same step (no await in between)

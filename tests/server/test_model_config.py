@@ -154,3 +154,51 @@ def test_real_server_batches_within_the_models_own_limit(slim_repository: Path, 
         assert count >= 12 and within == count  # every batch held at most 2 images
     finally:
         server.kill()
+
+
+def test_a_changed_file_reloads_the_served_versions_at_the_next_poll(tmp_path: Path) -> None:
+    """Poll mode: a changed config.yaml reloads the model's served versions with it (drain-free: the
+    requests in flight are all answered); a reload that fails keeps the version serving as it was,
+    is counted once, and is not retried until the file changes again."""
+    repository = tmp_path / "repo"
+    sf.make_fake_version(repository, "tuned", 1)
+    config = repository / "tuned" / "config.yaml"
+    config.write_text("max_batch_size: 2\n")
+
+    async def main() -> None:
+        async with sf.started_core(sf.settings_for(repository, max_batch_size=8)) as core:
+            manager = core.manager
+            served = manager.models["tuned"]
+            first = served.current
+            assert served.batcher.config.max_batch_size == 2
+            await manager.poll_once()
+            assert served.current is first  # nothing changed: nothing reloaded
+
+            config.write_text("max_batch_size: 4\nmax_queue_delay_ms: 1\n")
+            requests = [asyncio.create_task(core.classify([sf.colour_image("red")], model="tuned",
+                                                          protocol="http")) for _ in range(20)]
+            await manager.poll_once()
+            answers = await asyncio.gather(*requests)
+            assert all(a.results[0][0].label == "red" for a in answers)
+            assert served.current is not first and served.current.version == "1"
+            assert served.batcher.config.max_batch_size == 4
+            assert served.current.overrides == {"max_batch_size": 4, "max_queue_delay_ms": 1}
+            assert all(not i.worker.ready for i in first.instances)  # the old instances were stopped
+
+            # a setting the version cannot load with (int8 was never verified): it keeps serving as it was
+            second = served.current
+            config.write_text("max_batch_size: 4\nmax_queue_delay_ms: 1\nprecision: int8\n"
+                              "runtime: onnxruntime\n")
+            await manager.poll_once()
+            await manager.poll_once()
+            assert served.current is second and served.batcher.config.max_batch_size == 4
+            assert sf.sample(core.metrics, "ddrnet_model_load_failures_total", model="tuned",
+                             reason="unverified_precision") == 1.0
+            result = await core.classify([sf.colour_image("blue")], model="tuned", protocol="http")
+            assert result.results[0][0].label == "blue"
+            # fixed again: the next poll reloads
+            config.write_text("max_batch_size: 3\n")
+            await manager.poll_once()
+            assert served.batcher.config.max_batch_size == 3 and served.current is not second
+
+    asyncio.run(asyncio.wait_for(main(), 120))
