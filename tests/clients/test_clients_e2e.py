@@ -7,8 +7,6 @@ serves the refusal, auth and TLS tests."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ from tests.support.client_testutil import (
     reference_logits,
     sample_images,
 )
+from tests.support.tls import self_signed
 
 TOKEN = "s3cret-token"
 
@@ -42,22 +41,10 @@ def server(repository):
         yield proc
 
 
-def _certificate(directory: Path) -> tuple[Path, Path] | None:
-    if shutil.which("openssl") is None:
-        return None
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )
-    return cert, key
-
-
 @pytest.fixture(scope="module")
 def strict(repository, tmp_path_factory):
     """A server that refuses easily: queue of one image, a token, 100 kB bodies, TLS when openssl exists."""
-    pem = _certificate(tmp_path_factory.mktemp("tls"))
+    pem = self_signed(tmp_path_factory.mktemp("tls"))
     tls = ["--tls-cert", str(pem[0]), "--tls-key", str(pem[1])] if pem else []
     args = ["--max-queue-size", "1", "--max-batch-size", "1", "--auth-token", TOKEN,
             "--max-request-bytes", "100000", "--preprocess-workers", "1", *tls]

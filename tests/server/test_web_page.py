@@ -217,3 +217,34 @@ def test_no_web_ui_leaves_the_page_out(tmp_path) -> None:
                 assert status.status_code == 200 and status.json()["models"][0]["name"] == "fake"
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_the_page_over_https(slim_repository: Path, digit_photos, tmp_path) -> None:
+    """Served with --tls-cert, the page loads over HTTPS and classifies (its requests are same-origin)."""
+    why = browser.missing()
+    if why:
+        pytest.skip(f"no headless browser: {why}")
+    from tests.support.tls import self_signed
+
+    pem = self_signed(tmp_path)
+    if pem is None:
+        pytest.skip("openssl is not installed: no certificate for the HTTPS server")
+    from selenium.webdriver.common.by import By
+
+    tls = ["--tls-cert", str(pem[0]), "--tls-key", str(pem[1])]
+    proc = sf.ServerProcess(slim_repository, tmp_path / "server.log", "--instances", "1",
+                            "--threads-per-instance", "1", *tls)
+    try:
+        proc.start()
+        url = f"https://127.0.0.1:{proc.http_port}/"
+        with browser.chromium("--ignore-certificate-errors") as driver:
+            driver.get(url)
+            _wait(driver, "document.querySelector('#server-state').dataset.state === 'ready'")
+            _wait(driver, "document.querySelector('#model').value === 'slim'")
+            driver.find_element(By.ID, "files").send_keys(str(digit_photos[0]))
+            _wait(driver, f"{DONE}.length === 1")
+            item = driver.find_element(By.CSS_SELECTOR, "#results .result")
+            assert item.get_attribute("data-status") == "done", item.text
+            assert driver.execute_script("return location.protocol") == "https:"
+    finally:
+        proc.kill()

@@ -45,15 +45,15 @@ def missing() -> str | None:
 
 
 @contextmanager
-def chromium() -> Iterator[Any]:
-    """A Selenium WebDriver of a fresh headless chromium, closed afterwards."""
+def chromium(*extra_flags: str) -> Iterator[Any]:
+    """A Selenium WebDriver of a fresh headless chromium (with ``extra_flags``), closed afterwards."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     with tempfile.TemporaryDirectory(prefix="ddrnet-chromium-") as profile:
         options = webdriver.ChromeOptions()
         options.binary_location = str(_binary())
-        for flag in (*FLAGS, f"--user-data-dir={Path(profile)}"):
+        for flag in (*FLAGS, *extra_flags, f"--user-data-dir={Path(profile)}"):
             options.add_argument(flag)
         driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
         try:
