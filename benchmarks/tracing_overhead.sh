@@ -6,6 +6,7 @@
 # around each run; the receiver's span count shows every request was traced.
 #
 #   benchmarks/tracing_overhead.sh [ROUNDS] [OUT_DIR]   (defaults: 3, tracing-overhead)
+#   SAMPLER=traceidratio SAMPLER_ARG=0.1 benchmarks/tracing_overhead.sh ...   (B samples a tenth)
 #
 # Needs the otel extra (part of [dev]). Ports 18652/18653 (server) on 127.0.0.1.
 set -u
@@ -46,7 +47,7 @@ for _ in $(seq 1 50); do [ -s "$OUT/receiver.url" ] && break; sleep 0.1; done
 
 run() { # tag protocol [tracing options...]
   local tag=$1 protocol=$2; shift 2
-  OTEL_TRACES_SAMPLER=always_on .venv/bin/ddrnet serve --model-repository "$REPO" --http-port 18652 \
+  OTEL_TRACES_SAMPLER=${SAMPLER:-always_on} OTEL_TRACES_SAMPLER_ARG=${SAMPLER_ARG:-} .venv/bin/ddrnet serve --model-repository "$REPO" --http-port 18652 \
     --grpc-port 18653 --poll-interval-s 0 --runtime onnxruntime "$@" > "$OUT/$tag.serve.log" 2>&1 &
   local spid=$!
   for _ in $(seq 1 240); do curl -sf http://127.0.0.1:18652/v2/health/ready >/dev/null && break; sleep 1; done
@@ -64,7 +65,7 @@ for protocol in grpc http; do
     run "$protocol/A$round" "$protocol"
     run "$protocol/B$round" "$protocol" --otel-endpoint "$(cat "$OUT/receiver.url")"
   done
-  echo "-- $protocol: A = tracing off, B = tracing on (100 % sampled)"
+  echo "-- $protocol: A = tracing off, B = tracing on (sampler ${SAMPLER:-always_on} ${SAMPLER_ARG:-})"
   $PY benchmarks/ab_summary.py "$OUT/$protocol" "$ROUNDS"
 done
 kill $RECEIVER; wait $RECEIVER
