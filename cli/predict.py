@@ -49,19 +49,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ops.predict import PredictError, input_files, predict
+    from ops.predict import PredictError, predict
 
-    try:
-        total = len(input_files(args.inputs, args.list_file))
-    except PredictError as exc:
-        raise CliError(str(exc)) from None
-    bar = tqdm(total=total, unit="img", disable=not sys.stderr.isatty(), desc="predict")
+    bar = tqdm(unit="img", disable=not sys.stderr.isatty(), desc="predict")
+
+    def planned(total: int) -> None:  # the inputs are listed once, by predict
+        bar.total = total
+        bar.refresh()
+
     try:
         summary = predict(
             args.model_repository, args.model, args.inputs, args.output, version=args.version,
             model_dir=args.model_dir, list_file=args.list_file, top_k=args.top_k, batch_size=args.batch_size,
             runtime=args.runtime, precision=args.precision, instances=args.instances, threads=args.threads,
-            workers=args.workers, resume=args.resume, progress=bar.update,
+            workers=args.workers, resume=args.resume, progress=bar.update, planned=planned,
         )
     except PredictError as exc:
         raise CliError(str(exc)) from None

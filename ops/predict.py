@@ -184,10 +184,12 @@ def predict(
     resume: bool = False,
     max_pixels: int = 40_000_000,
     progress: Callable[[int], None] | None = None,
+    planned: Callable[[int], None] | None = None,
 ) -> PredictSummary:
     """Classify ``inputs`` with ``model`` of ``repository`` (or the version directory ``model_dir``) into
     ``output``; see the module docstring. ``instances``, ``threads`` and ``workers`` default to the
-    server's placement. ``progress(n)`` is called with the images done after each batch."""
+    server's placement. ``planned(n)`` is called once with the number of images to classify (after
+``--resume`` skipped what is done), ``progress(n)`` with the images done after each batch."""
     from inference import runtimes
     from inference.placement import derive_placement
     from inference.precision import PrecisionError, check_precision, check_verified
@@ -207,6 +209,8 @@ def predict(
     done = done_paths(output) if resume else set()
     todo = [f for f in files if str(f) not in done]
     summary = PredictSummary(skipped=len(files) - len(todo), runtime=name, precision=precision)
+    if planned is not None:
+        planned(len(todo))
     placement = derive_placement(instances=instances, threads_per_instance=threads,
                                  preprocess_workers=workers)
     options: dict[str, Any] = {"precision": precision} if precision != "fp32" else {}

@@ -404,8 +404,8 @@ class Batcher:
         trace = self._tracing.current() if self._tracing is not None else None
         enqueued_ns = tracing.now_ns() if trace is not None else 0
         for array in arrays:
-            item = _Item(array, loop.create_future(), reservation.deadline, now, next(self._keys), None,
-                         trace, enqueued_ns)
+            item = _Item(array, loop.create_future(), reservation.deadline, now, next(self._keys),
+                         trace=trace, enqueued_ns=enqueued_ns)
             if math.isfinite(item.deadline):
                 item.timer = loop.call_later(item.deadline - now, self._expire, gen, item.key)
             item.future.add_done_callback(lambda fut, gen=gen, key=item.key: self._on_done(gen, key, fut))
@@ -673,8 +673,8 @@ class Batcher:
             "ddrnet.runtime": str(getattr(instance, "runtime", "")),
         }
         assert self._tracing is not None
-        self._tracing.record_batch(list(parents.values()), dispatched_ns=started_ns, started_ns=started_ns,
-                                   ended_ns=tracing.now_ns(), attributes=attributes, error=failure)
+        self._tracing.record_batch(list(parents.values()), started_ns=started_ns, ended_ns=tracing.now_ns(),
+                                   attributes=attributes, error=failure)
 
     # -- metrics ----------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ them (the reservation's), queued, batched and answered with that version's name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import math
@@ -470,11 +471,10 @@ class DataPlane:
 
     async def _preprocess(self, info: ServedVersion, images: Sequence[bytes], deadline: float) -> np.ndarray:
         started = time.monotonic()
-        if self.tracing is None:
+        span = (contextlib.nullcontext() if self.tracing is None
+                else self.tracing.span("preprocess", {"ddrnet.images": len(images)}))
+        with span:
             arrays = await self.preprocessor.run(info.transform, images, deadline)
-        else:
-            with self.tracing.span("preprocess", {"ddrnet.images": len(images)}):
-                arrays = await self.preprocessor.run(info.transform, images, deadline)
         self.metrics.preprocess_duration.labels(info.model, info.version).observe(time.monotonic() - started)
         return arrays
 

@@ -239,6 +239,7 @@ class ModelManager(RepositoryControl):
         manifests = dict(versions)
         failed: set[int] = set()
         errors: list[str] = []
+        wanted: list[int] = []
         while not self._closing:
             policy = self.configs.policy_for(name)
             wanted = policy.select([v for v in manifests if v not in failed])
@@ -261,11 +262,10 @@ class ModelManager(RepositoryControl):
                 failed.add(version)
                 errors.append(f"version {version}: {exc.message}")
         served = self.models.get(name)
-        if served is not None and not self._closing:
-            wanted_now = {str(v) for v in served.policy.select([v for v in manifests if v not in failed])}
-            if wanted_now & set(served.lanes):
-                for version in [v for v in served.lanes if v not in wanted_now]:
-                    await self._retire(served, version)
+        keep = {str(v) for v in wanted}  # the policy's choice once every wanted version loaded or failed
+        if served is not None and not self._closing and keep & set(served.lanes):
+            for version in [v for v in served.lanes if v not in keep]:
+                await self._retire(served, version)
         return errors
 
     def _scan(self, only: Sequence[str] | None = None) -> dict[str, list[tuple[int, ModelManifest]]]:
@@ -530,8 +530,7 @@ class ModelManager(RepositoryControl):
                 await self._poll_task
             self._poll_task = None
         results = await asyncio.gather(
-            *(lane.batcher.drain(timeout_s)
-              for m in self.models.values() for lane in [*m.lanes.values(), *m.retiring]),
+            *(lane.batcher.drain(timeout_s) for m in self.models.values() for lane in m.all_lanes()),
             return_exceptions=True,
         )
         await self.close()

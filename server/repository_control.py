@@ -96,7 +96,7 @@ class RepositoryControl:
             if served is None:
                 raise ServingError(ErrorKind.NOT_FOUND, f"model {name!r} is not loaded")
             limit = timeout_s if timeout_s is not None else self.settings.shutdown_timeout_s
-            lanes = [*served.lanes.values(), *served.retiring]
+            lanes = served.all_lanes()
             await asyncio.gather(*(lane.batcher.drain(limit) for lane in lanes))  # new requests: UNAVAILABLE
             await self._stop_instances([i for v in served.loaded() for i in v.instances])
             for lane in lanes:

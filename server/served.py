@@ -125,6 +125,10 @@ class ServedModel:
     def route(self, version: str | None, label: str | None) -> Lane:
         return self.lanes[route(self.name, self.served_versions, self.policy, version, label)]
 
+    def all_lanes(self) -> list[Lane]:
+        """Every lane, serving or finishing its work."""
+        return [*self.lanes.values(), *self.retiring]
+
     def loaded(self) -> list[ServedVersion]:
         """Every loaded version, serving or finishing its work."""
-        return [v for lane in [*self.lanes.values(), *self.retiring] for v in lane.versions.values()]
+        return [v for lane in self.all_lanes() for v in lane.versions.values()]

@@ -3,7 +3,7 @@ model, its versions, labels, runtime, precision and readiness, with throughput, 
 latency, queue depth and requests in flight over the last :data:`WINDOW_S` seconds.
 
 The figures come from the server's own Prometheus metrics (``server.metrics``), read from the
-registry's samples, never from scraped text: requests and their latency from
+registry's samples of those metrics, never from scraped text: requests and their latency from
 ``request_duration_seconds`` (all versions and protocols of a model), images from ``batch_size``'s sum,
 errors from ``requests_total`` (codes other than 200/OK), queue depth and in-flight requests from their
 gauges. Rates and quantiles are over the difference between now and a snapshot about ``WINDOW_S`` old
@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,23 +37,26 @@ class _Totals:
     buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
 
 
+def _samples(*families: Any) -> Iterator[Any]:
+    """The samples of these metrics only (not the whole registry: its process collectors read /proc)."""
+    for family in families:
+        for metric in family.collect():
+            yield from metric.samples
+
+
 def _read(metrics: ServerMetrics) -> dict[str, _Totals]:
     totals: dict[str, _Totals] = {}
-    for family in metrics.registry.collect():
-        for sample in family.samples:
-            model = sample.labels.get("model")
-            if model is None:
-                continue
-            entry = totals.setdefault(model, _Totals())
-            if sample.name == "ddrnet_request_duration_seconds_bucket":
-                le = float(sample.labels["le"])
-                entry.buckets[le] = entry.buckets.get(le, 0.0) + sample.value
-            elif sample.name == "ddrnet_request_duration_seconds_count":
-                entry.requests += sample.value
-            elif sample.name == "ddrnet_batch_size_sum":
-                entry.images += sample.value
-            elif sample.name == "ddrnet_requests_total" and sample.labels.get("code") not in OK_CODES:
-                entry.errors += sample.value
+    for sample in _samples(metrics.request_duration, metrics.batch_size, metrics.requests_total):
+        entry = totals.setdefault(sample.labels["model"], _Totals())
+        if sample.name == "ddrnet_request_duration_seconds_bucket":
+            le = float(sample.labels["le"])
+            entry.buckets[le] = entry.buckets.get(le, 0.0) + sample.value
+        elif sample.name == "ddrnet_request_duration_seconds_count":
+            entry.requests += sample.value
+        elif sample.name == "ddrnet_batch_size_sum":
+            entry.images += sample.value
+        elif sample.name == "ddrnet_requests_total" and sample.labels["code"] not in OK_CODES:
+            entry.errors += sample.value
     return totals
 
 
@@ -122,17 +126,10 @@ class StatusTracker:
     def gauges(self) -> dict[str, dict[str, float]]:
         """Per model: images queued and requests in flight now."""
         out: dict[str, dict[str, float]] = {}
-        for family in self.metrics.registry.collect():
-            for sample in family.samples:
-                model = sample.labels.get("model")
-                if model is None:
-                    continue
-                if sample.name == "ddrnet_queue_depth":
-                    out.setdefault(model, {}).setdefault("queue_depth", 0.0)
-                    out[model]["queue_depth"] += sample.value
-                elif sample.name == "ddrnet_inflight_requests":
-                    out.setdefault(model, {}).setdefault("inflight", 0.0)
-                    out[model]["inflight"] += sample.value
+        names = {"ddrnet_queue_depth": "queue_depth", "ddrnet_inflight_requests": "inflight"}
+        for sample in _samples(self.metrics.queue_depth, self.metrics.inflight_requests):
+            entry = out.setdefault(sample.labels["model"], {"queue_depth": 0.0, "inflight": 0.0})
+            entry[names[sample.name]] += sample.value
         return out
 
     def uptime_s(self) -> float:

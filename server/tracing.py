@@ -166,14 +166,13 @@ class Tracing:
         self,
         parents: Sequence[tuple[Any, int]],
         *,
-        dispatched_ns: int,
         started_ns: int,
         ended_ns: int,
         attributes: Mapping[str, Any],
         error: str | None = None,
     ) -> None:
         """Spans of one batch, after it ran: per request (``parents``: its context and the wall-clock
-        ns its first item entered the queue) a ``queue`` span (queued → batch formed) and an
+        ns its first item entered the queue) a ``queue`` span (queued → the batch started) and an
         ``inference`` span (the batch run); and one ``batch`` span linking the request spans."""
         from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
@@ -181,7 +180,7 @@ class Tracing:
         links = []
         for parent, enqueued_ns in parents:
             queue = self.tracer.start_span("queue", context=parent, start_time=enqueued_ns)
-            queue.end(end_time=dispatched_ns)
+            queue.end(end_time=started_ns)
             inference = self.tracer.start_span("inference", context=parent, start_time=started_ns,
                                                attributes=attrs)
             if error is not None:
